@@ -1,0 +1,191 @@
+"""The Python front door: compress(), compile(), CompiledModel, load()."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+import ir
+import passes
+from ir import DType, Graph, TensorType
+
+from .errors import ArtifactError, InputError, ModelLoadError
+from .onnx_export import export_onnx
+from .onnx_import import import_onnx
+
+TARGETS = ("reference",)
+ARTIFACT_FORMAT = 1
+
+
+def _as_graph(model: str | os.PathLike[str] | onnx.ModelProto | Graph) -> Graph:
+    return model if isinstance(model, Graph) else import_onnx(model)
+
+
+def compress(model: str | os.PathLike[str] | onnx.ModelProto | Graph, pipeline: str = "default") -> Graph:
+    """Optimize a model with the default pipeline and return the new graph (the input is not changed).
+
+    Compression options (pruning, sparsity, quantization) arrive with their passes; today the
+    default pipeline removes dead code and no-op nodes.
+    """
+    g = _as_graph(model)
+    g = g.copy() if isinstance(model, Graph) else g
+    passes.run(g, pipeline)
+    return g
+
+
+def compile(  # noqa: A001 - the public name DESIGN.md fixes
+    model: str | os.PathLike[str] | onnx.ModelProto | Graph,
+    target: str = "reference",
+    pipeline: str = "default",
+) -> CompiledModel:
+    """Optimize and lower a model for `target`; returns a runnable CompiledModel."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
+    g = compress(model, pipeline)
+    return CompiledModel(g, target)
+
+
+class CompiledModel:
+    """A model ready to run: `run(feeds)` returns a dict of outputs in graph order."""
+
+    def __init__(self, graph: Graph, target: str = "reference") -> None:
+        self.graph = graph
+        self.target = target
+        self._interp = ir.Interpreter()
+        self.inputs = [v for v in graph.inputs if v.const is None]
+        self.outputs = list(graph.outputs)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [v.name for v in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [v.name for v in self.outputs]
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Run on `feeds` (input name -> array); checks names, dtypes and shapes first."""
+        arrays = check_feeds(self.graph, feeds)
+        outs = self._interp.run(self.graph, arrays)
+        return {v.name: o for v, o in zip(self.outputs, outs)}
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the artifact: a zip with manifest.json and the graph as ONNX (no pickle)."""
+        manifest = {
+            "format": ARTIFACT_FORMAT,
+            "mcc_version": _version(),
+            "target": self.target,
+            "inputs": [_describe(v) for v in self.inputs],
+            "outputs": [_describe(v) for v in self.outputs],
+        }
+        model = export_onnx(self.graph).SerializeToString(deterministic=True)
+        _write_atomic(Path(path), {"manifest.json": json.dumps(manifest, indent=2, sort_keys=True).encode(),
+                                   "graph.onnx": model})
+
+    def __repr__(self) -> str:
+        return f"CompiledModel(target={self.target!r}, inputs={self.input_names}, outputs={self.output_names})"
+
+
+def load(path: str | os.PathLike[str]) -> CompiledModel:
+    """Load an artifact written by `CompiledModel.save`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ArtifactError(f"{p}: no such artifact")
+    try:
+        with zipfile.ZipFile(p) as z:
+            manifest = json.loads(z.read("manifest.json"))
+            model = z.read("graph.onnx")
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError):
+        raise ArtifactError(f"{p}: not an mcc artifact (corrupt, truncated, or another kind of file)") from None
+    if manifest.get("format") != ARTIFACT_FORMAT:
+        raise ArtifactError(f"{p}: artifact format {manifest.get('format')} is not supported by mcc {_version()}; recompile it")
+    target = manifest.get("target")
+    if target not in TARGETS:
+        raise ArtifactError(f"{p}: artifact was built for target {target!r}, which this mcc cannot run")
+    try:
+        g = import_onnx(model)
+    except ModelLoadError as e:
+        raise ArtifactError(f"{p}: the artifact's graph is corrupt ({e})") from None
+    return CompiledModel(g, target)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def check_feeds(graph: Graph, feeds: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate run-time inputs against the graph: names, dtypes, ranks, static and symbolic dims."""
+    expected = {v.name: v for v in graph.inputs if v.const is None}
+    unknown = sorted(set(feeds) - set(expected) - {v.name for v in graph.inputs})
+    if unknown:
+        raise InputError(f"unknown input(s) {', '.join(map(repr, unknown))}; the model takes: {', '.join(expected)}")
+    missing = [n for n in expected if n not in feeds]
+    if missing:
+        raise InputError(f"missing input(s) {', '.join(map(repr, missing))}; the model takes: {', '.join(expected)}")
+    out: dict[str, Any] = {}
+    symbols: dict[str, tuple[int, str]] = {}
+    for name, x in feeds.items():
+        v = next(i for i in graph.inputs if i.name == name)
+        if not isinstance(v.type, TensorType):
+            out[name] = x
+            continue
+        arr = np.asarray(x)
+        want = v.type.dtype
+        if want != DType.UNDEFINED and want != DType.STRING and arr.dtype != want.np:
+            raise InputError(f"input {name!r} has dtype {arr.dtype}, the model expects {want.np}")
+        shape = v.type.shape
+        if shape is not None:
+            if arr.ndim != len(shape):
+                raise InputError(f"input {name!r} has shape {list(arr.shape)}, the model expects rank {len(shape)} {_fmt_shape(shape)}")
+            for axis, (d, n) in enumerate(zip(shape, arr.shape)):
+                if isinstance(d, int) and d != n:
+                    raise InputError(f"input {name!r} has shape {list(arr.shape)}, the model expects {_fmt_shape(shape)}")
+                if isinstance(d, str):
+                    if d in symbols and symbols[d][0] != n:
+                        raise InputError(
+                            f"input {name!r} dim {axis} is {n}, but {d!r} is {symbols[d][0]} in input {symbols[d][1]!r}"
+                        )
+                    symbols.setdefault(d, (n, name))
+        out[name] = arr
+    return out
+
+
+def _fmt_shape(shape: tuple[Any, ...]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _describe(v: ir.Value) -> dict[str, Any]:
+    t = v.type
+    if isinstance(t, TensorType):
+        return {"name": v.name, "dtype": t.dtype.name.lower(), "shape": None if t.shape is None else list(t.shape)}
+    return {"name": v.name, "type": str(t)}
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _write_atomic(path: Path, members: dict[str, bytes]) -> None:
+    """Write a zip so that a failure leaves nothing behind (temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".mcc-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+            for name, data in members.items():
+                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))  # deterministic bytes
+                info.compress_type = zipfile.ZIP_DEFLATED
+                z.writestr(info, data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,21 @@
+"""Passes: infrastructure (registry, text pipelines, manager) and one module per pass family."""
+
+from .base import (
+    PIPELINES,
+    FunctionPass,
+    Pass,
+    PassManager,
+    PipelineError,
+    as_pass,
+    get_pass,
+    parse_pipeline,
+    register_pass,
+    registered_passes,
+    run,
+)
+from . import cleanup  # noqa: F401  (registers passes)
+
+__all__ = [
+    "PIPELINES", "FunctionPass", "Pass", "PassManager", "PipelineError", "as_pass", "get_pass",
+    "parse_pipeline", "register_pass", "registered_passes", "run",
+]
