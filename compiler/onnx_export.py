@@ -73,9 +73,9 @@ def export_tensor(t: Tensor, name: str) -> onnx.TensorProto:
         tp = helper.make_tensor(name, onnx.TensorProto.STRING, arr.shape,
                                 [x if isinstance(x, bytes) else str(x).encode() for x in arr.reshape(-1)])
         return tp
-    tp = numpy_helper.from_array(np.ascontiguousarray(arr), name)
+    tp = numpy_helper.from_array(np.asarray(arr, order="C"), name)
     if t.dtype is not None and tp.data_type != int(t.dtype):
-        tp = numpy_helper.from_array(np.ascontiguousarray(arr.astype(t.dtype.np)), name)
+        tp = numpy_helper.from_array(np.asarray(arr.astype(t.dtype.np), order="C"), name)
     return tp
 
 

@@ -99,11 +99,17 @@ def _load_external_data(proto: onnx.ModelProto, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def import_onnx(model: str | os.PathLike[str] | bytes | onnx.ModelProto, infer_shapes: bool = True) -> Graph:
+def import_onnx(
+    model: str | os.PathLike[str] | bytes | onnx.ModelProto,
+    *,
+    strict: bool = True,
+    infer_shapes: bool = True,
+) -> Graph:
     """Import an ONNX model (path, bytes or ModelProto) into an `ir.Graph`.
 
-    Raises ModelLoadError for unreadable/malformed/unsafe files and ir.UnsupportedOpError for ops
-    mcc has no definition for.
+    Raises ModelLoadError for unreadable/malformed/unsafe files, and (when `strict`) ir.UnsupportedOpError
+    for ops mcc has no definition for. `strict=False` keeps such ops as opaque nodes, which is enough to
+    inspect, edit and export a model but not to run it.
     """
     proto, path = load_model(model)
     where = str(path) if path is not None else "model"
@@ -124,8 +130,10 @@ def import_onnx(model: str | os.PathLike[str] | bytes | onnx.ModelProto, infer_s
         metadata_props={p.key: p.value for p in proto.metadata_props},
     )
     g.doc = proto.graph.doc_string
-    for node in g.all_nodes():
-        ir.lookup(node.op_type, node.domain, node.opset, node.name)  # unsupported -> clear error
+    g._names = None  # the name index is rebuilt on first use, now that every value is in place
+    if strict:
+        for node in g.all_nodes():
+            ir.lookup(node.op_type, node.domain, node.opset, node.name)  # unsupported -> clear error
     ir.infer_shapes(g)
     return g
 

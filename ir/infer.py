@@ -7,7 +7,7 @@ replaced by a less specific one, so running it twice changes nothing.
 from __future__ import annotations
 
 from .graph import Graph, Node
-from .ops import InferContext, lookup
+from .ops import InferContext, get_op
 from .types import Dim, TensorType, ValueType
 
 
@@ -34,9 +34,9 @@ def merge_types(old: ValueType | None, new: ValueType | None) -> ValueType | Non
 
 def infer_node(node: Node) -> bool:
     """Refine the output types of `node`; True when something changed."""
-    op = lookup(node.op_type, node.domain, node.opset, node.name)
-    if op.infer is None:
-        return False
+    op = get_op(node.op_type, node.domain)
+    if op is None or op.infer is None or node.opset < op.since_version:
+        return False  # unknown ops keep the types the importer gave them
     attrs = op.resolve_attrs(node.attributes, node.opset)
     try:
         results = op.infer(InferContext(node, node.opset), *[None if v is None else v.type for v in node.inputs], **attrs)

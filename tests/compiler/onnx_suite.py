@@ -63,10 +63,10 @@ def cases(kind: str) -> list[tuple[str, Any, list[tuple[list[Any], list[Any]]], 
             out.append((os.path.basename(path)[:-5], model, [(ins, ref)], 1e-3, 1e-7))
         return out
     for tc in load_model_tests(kind=kind):
-        if tc.model_dir is None:
-            continue
         if kind == "node":
             model, data = tc.model, tc.data_sets
+        elif tc.model_dir is None:
+            continue
         else:
             model = onnx.load(os.path.join(tc.model_dir, "model.onnx"))
             data = []

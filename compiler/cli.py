@@ -1,0 +1,262 @@
+"""The `mcc` command line: inspect, compress, compile, run.
+
+Every failure the user can cause (a bad file, option, input or op) prints one line
+`mcc: error: ...` on stderr and exits non-zero; `--debug` shows the traceback instead. Output files
+are written to a temporary name and renamed at the end, so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import ir
+import passes
+
+from .api import TARGETS, CompiledModel, compile, compress, load
+from .errors import InputError, MccError
+from .onnx_export import export_onnx
+from .onnx_import import import_onnx
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+# -- model facts ------------------------------------------------------------------------------
+
+
+def model_facts(g: ir.Graph, kernels: int | None = None) -> dict[str, Any]:
+    """What `mcc inspect --json` prints: inputs, outputs, nodes, op_counts, params, macs, kernels."""
+    nodes = list(g.all_nodes())
+    macs = 0
+    for n in nodes:
+        op = ir.get_op(n.op_type, n.domain)
+        if op is not None and op.macs is not None:
+            try:
+                macs += int(op.macs(n) or 0)
+            except (TypeError, ValueError):
+                pass  # a MAC count needs known shapes; unknown ones count as zero
+    params = sum(v.const.array.size for v in g.initializers.values() if v.const is not None)
+    params += sum(int(np.prod(t.shape)) for n in nodes if n.op_type == "Constant"
+                  for t in [n.attributes.get("value")] if isinstance(t, ir.Tensor))
+    return {
+        "inputs": [_io(v) for v in g.inputs if v.const is None],
+        "outputs": [_io(v) for v in g.outputs],
+        "nodes": len(nodes),
+        "op_counts": dict(sorted(Counter(n.op_type for n in nodes).items())),
+        "params": int(params),
+        "macs": int(macs),
+        "kernels": len(nodes) if kernels is None else kernels,
+    }
+
+
+def _io(v: ir.Value) -> dict[str, Any]:
+    return {"name": v.name, "dtype": v.dtype.name.lower() if v.dtype is not None else None,
+            "shape": None if v.shape is None else list(v.shape)}
+
+
+def _fmt_count(n: int) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def _print_facts(path: str, f: dict[str, Any]) -> None:
+    def shape(s: list[Any] | None) -> str:
+        return "[*]" if s is None else "[" + ", ".join("?" if d is None else str(d) for d in s) + "]"
+
+    print(f"model    {path}")
+    for label, key in (("input ", "inputs"), ("output", "outputs")):
+        for v in f[key]:
+            print(f"{label}   {v['name']}: {v['dtype']}{shape(v['shape'])}")
+    print(f"nodes    {f['nodes']}")
+    print(f"kernels  {f['kernels']}")
+    print(f"params   {_fmt_count(f['params'])} ({f['params']})")
+    print(f"MACs     {_fmt_count(f['macs'])} ({f['macs']}; symbolic dims counted as 1)")
+    print("ops")
+    width = max((len(k) for k in f["op_counts"]), default=0)
+    for op, n in sorted(f["op_counts"].items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"  {op:<{width}}  {n}")
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    g = import_onnx(args.model)
+    kernels = None
+    if args.passes:
+        g = passes.run(g, args.passes, dump_ir_after=_dump(args))
+        kernels = sum(1 for _ in g.all_nodes())
+    facts = model_facts(g, kernels)
+    if args.json:
+        print(json.dumps(facts, indent=2))
+    else:
+        _print_facts(args.model, facts)
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    out = _check_output(args.output, (".onnx",))
+    g = compress(import_onnx(args.model), args.passes)
+    proto = export_onnx(g)
+    _write_atomic(out, proto.SerializeToString(deterministic=True))
+    before, after = Path(args.model).stat().st_size, out.stat().st_size
+    print(f"wrote {out} ({_fmt_count(after)}B, {after / max(before, 1):.0%} of the input)")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    out = _check_output(args.output, (".mcc",))
+    m = compile(args.model, target=args.target, pipeline=args.passes)
+    m.save(out)
+    print(f"wrote {out} (target {m.target})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    out = _check_output(args.output, (".npz",)) if args.output else None
+    path = Path(args.model)
+    m: CompiledModel = load(path) if path.suffix == ".mcc" else compile(path, target=args.target)
+    feeds: dict[str, np.ndarray] = {}
+    for item in args.input or []:
+        if "=" not in item:
+            raise InputError(f"--input {item!r}: expected NAME=FILE.npy")
+        name, file = item.split("=", 1)
+        feeds[name] = _load_npy(Path(file), name)
+    results = m.run(feeds)
+    if out is not None:
+        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=out.parent)
+        os.close(fd)
+        try:
+            np.savez(tmp, **results)
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        print(f"wrote {out}")
+    for name, arr in results.items():
+        a = np.asarray(arr)
+        head = np.array2string(a.reshape(-1)[:6], precision=5, separator=", ")
+        print(f"{name}: {a.dtype}{list(a.shape)} {head}{' ...' if a.size > 6 else ''}")
+    return 0
+
+
+def _load_npy(path: Path, name: str) -> np.ndarray:
+    if not path.is_file():
+        raise InputError(f"--input {name}: {path}: no such file")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"--input {name}: {path}: not a readable .npy file ({e})") from None
+
+
+def _check_output(path: str, suffixes: tuple[str, ...]) -> Path:
+    p = Path(path)
+    if p.suffix not in suffixes:
+        raise MccError(f"output {path!r} should end in {' or '.join(suffixes)}")
+    if not p.parent.is_dir():
+        raise MccError(f"output folder {str(p.parent)!r} does not exist")
+    return p
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".mcc-", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _dump(args: argparse.Namespace) -> set[str]:
+    return set(getattr(args, "dump_ir_after", None) or [])
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    ap = argparse.ArgumentParser(prog="mcc", description="mcc: a model compression compiler for ONNX models.")
+    ap.add_argument("--version", action="version", version=f"mcc {__version__}")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+
+    p = sub.add_parser("inspect", help="inputs, outputs, op counts, params, MACs, kernels")
+    p.add_argument("model", help="an ONNX file")
+    p.add_argument("--passes", metavar="PIPELINE", help="run this pass pipeline first (e.g. default)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--dump-ir-after", action="append", metavar="PASS", help="print the IR after this pass (or 'all')")
+    common(p)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("compress", help="optimize and compress; write standard ONNX")
+    p.add_argument("model", help="an ONNX file")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    p.add_argument("--passes", metavar="PIPELINE", default="default", help="pass pipeline (default: %(default)s)")
+    common(p)
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("compile", help="optimize and generate code; write an .mcc artifact")
+    p.add_argument("model", help="an ONNX file")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.mcc")
+    p.add_argument("--target", choices=TARGETS, default="reference")
+    p.add_argument("--passes", metavar="PIPELINE", default="default", help="pass pipeline (default: %(default)s)")
+    common(p)
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("run", help="run an ONNX model or an .mcc artifact on .npy inputs")
+    p.add_argument("model", help="an ONNX file or an .mcc artifact")
+    p.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="an input (repeat per input)")
+    p.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs here")
+    p.add_argument("--target", choices=TARGETS, default="reference", help="target when MODEL is ONNX")
+    common(p)
+    p.set_defaults(func=cmd_run)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not getattr(args, "command", None):
+        ap.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("mcc: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one clear line for the user, the traceback only with --debug
+        if args.debug:
+            raise
+        print(f"mcc: error: {_message(e)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _message(e: BaseException) -> str:
+    known = (MccError, ir.UnsupportedOpError, ir.EvaluationError, ir.VerificationError,
+             passes.PipelineError, OSError, ValueError)
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(e, known):
+        return msg
+    return f"internal error ({type(e).__name__}: {msg}); rerun with --debug and report it"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
