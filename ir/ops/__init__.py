@@ -21,6 +21,7 @@ from .core import (
 from . import (  # noqa: F401  (registration side effects)
     control,
     elementwise,
+    fused,
     image,
     misc,
     nn,
@@ -30,6 +31,7 @@ from . import (  # noqa: F401  (registration side effects)
     rnn,
     sequence,
     signal,
+    strings,
     tensor,
 )
 

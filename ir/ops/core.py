@@ -6,7 +6,8 @@ An OpDef holds everything the rest of mcc needs to know about an operator:
 * `reference`: numpy semantics, used by the interpreter, constant folding and the property tests;
 * `infer`: shape/type inference with symbolic dims (optional: without it the importer's types stand);
 * `kind`: the pattern kind that fusion reads (elementwise, broadcast, injective, reduction, ...);
-* `macs`: multiply-accumulates for one execution, from the node's value shapes.
+* `macs`: multiply-accumulates for one execution, from the node's value shapes (only ops that do
+  multiply-accumulate work define it: Conv, Gemm, MatMul and kin; symbolic dims count as 1).
 
 Ops are declared with the `defop` decorator on their reference function::
 
