@@ -34,7 +34,11 @@ EXIT_USAGE = 2
 
 
 def model_facts(g: ir.Graph, kernels: int | None = None) -> dict[str, Any]:
-    """What `mcc inspect --json` prints: inputs, outputs, nodes, op_counts, params, macs, kernels."""
+    """What `mcc inspect --json` prints: inputs, outputs, nodes, op_counts, params, macs, kernels.
+
+    `kernels` is the number of top-level nodes left after a pipeline (fusion makes one node a kernel);
+    the caller passes it, since facts describe the model as given.
+    """
     nodes = list(g.all_nodes())
     macs = 0
     for n in nodes:
@@ -93,11 +97,8 @@ def _print_facts(path: str, f: dict[str, Any]) -> None:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     g = import_onnx(args.model)
-    kernels = None
-    if args.passes:
-        g = passes.run(g, args.passes, dump_ir_after=_dump(args))
-        kernels = sum(1 for _ in g.all_nodes())
-    facts = model_facts(g, kernels)
+    lowered = passes.run(g.copy(), args.passes or "default", dump_ir_after=_dump(args))
+    facts = model_facts(g, kernels=len(lowered.nodes))
     if args.json:
         print(json.dumps(facts, indent=2))
     else:
@@ -200,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="inputs, outputs, op counts, params, MACs, kernels")
     p.add_argument("model", help="an ONNX file")
-    p.add_argument("--passes", metavar="PIPELINE", help="run this pass pipeline first (e.g. default)")
+    p.add_argument("--passes", metavar="PIPELINE", help="pipeline whose result `kernels` counts (default: default)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--dump-ir-after", action="append", metavar="PASS", help="print the IR after this pass (or 'all')")
     common(p)

@@ -22,9 +22,11 @@ def ort_run(model: Any, feeds: dict[str, np.ndarray], level: str = "ORT_DISABLE_
     so = ort.SessionOptions()
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     so.intra_op_num_threads = 1
-    data = model if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
-    sess = ort.InferenceSession(str(data) if isinstance(data, os.PathLike) else data, so,
-                                providers=["CPUExecutionProvider"])
+    if isinstance(model, (str, os.PathLike)):
+        data: Any = str(model)
+    else:
+        data = model if isinstance(model, bytes) else model.SerializeToString()
+    sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
 
 

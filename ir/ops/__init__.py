@@ -11,6 +11,7 @@ from .core import (
     all_ops,
     broadcast_infer,
     broadcast_shapes,
+    constant_value,
     defop,
     get_op,
     lookup,
@@ -37,5 +38,5 @@ from . import (  # noqa: F401  (registration side effects)
 
 __all__ = [
     "REQUIRED", "Attr", "EvalContext", "InferContext", "Kind", "OpDef", "UnsupportedOpError", "all_ops",
-    "broadcast_infer", "broadcast_shapes", "defop", "get_op", "lookup", "numel", "op_def", "same_as_input",
+    "broadcast_infer", "broadcast_shapes", "constant_value", "defop", "get_op", "lookup", "numel", "op_def", "same_as_input",
 ]

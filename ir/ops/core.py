@@ -37,7 +37,7 @@ import numpy as np
 from ..types import DType, Shape, TensorType, ValueType
 
 if TYPE_CHECKING:
-    from ..graph import Graph, Node
+    from ..graph import Graph, Node, Value
 
 
 class Kind(enum.Enum):
@@ -231,11 +231,8 @@ class InferContext:
         self.opset = opset
 
     def const(self, i: int) -> np.ndarray | None:
-        """The value of input `i` when it is a constant (initializer), else None."""
-        v = self.node.input(i)
-        if v is None or v.const is None:
-            return None
-        return v.const.array
+        """The value of input `i` when it is a constant (initializer or Constant node), else None."""
+        return constant_value(self.node.input(i))
 
     def dim(self, hint: str = "d") -> str:
         """A fresh symbolic dim name (for data-dependent sizes such as NonZero's)."""
@@ -246,6 +243,28 @@ class InferContext:
 
 # ---------------------------------------------------------------------------------------------
 # Helpers shared by op families.
+
+
+def constant_value(v: Value | None) -> np.ndarray | None:
+    """`v`'s value when it is an initializer or the output of a Constant node, else None.
+
+    A Constant node is decoded by evaluating its own definition, so its attribute forms
+    (value, value_float, value_ints, ...) are known in exactly one place.
+    """
+    if v is None:
+        return None
+    if v.const is not None:
+        return v.const.array
+    p = v.producer
+    if p is None or p.op_type != "Constant" or _norm_domain(p.domain) != "":
+        return None
+    op = get_op("Constant")
+    if op is None:
+        return None
+    try:
+        return np.asarray(op.reference(EvalContext(p, 1), **op.resolve_attrs(p.attributes, 1)))
+    except ValueError:
+        return None
 
 
 def broadcast_shapes(*shapes: Shape) -> Shape:

@@ -17,8 +17,10 @@ import re
 import sys
 import time
 import traceback
+import warnings
 from collections import Counter
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -93,14 +95,40 @@ def run_case(backend: Any, kind: str, name: str, model: Any, data: Any, rtol: fl
             try:
                 Runner.assert_similar_outputs(ref, outs, rtol=rtol, atol=atol)
             except AssertionError as e:
-                return CaseResult(kind, name, "fail", str(e).strip().splitlines()[0][:300] if str(e).strip() else "mismatch",
-                                  time.perf_counter() - t0)
+                msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else "mismatch"
+                if _within_float16_ulps(ref, outs):
+                    msg = f"{FP16_ROUNDING}: {msg}"
+                return CaseResult(kind, name, "fail", msg, time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001 - we record every failure kind
         msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
         if os.environ.get("SUITE_TRACEBACK"):
             traceback.print_exc()
         return CaseResult(kind, name, "error", msg, time.perf_counter() - t0)
     return CaseResult(kind, name, "pass", "", time.perf_counter() - t0)
+
+
+FP16_ROUNDING = "float16 rounding (within 2 ulps)"
+
+
+def _within_float16_ulps(ref: list[Any], outs: Sequence[Any], ulps: int = 2) -> bool:
+    """True when every mismatch is a float16 output off by at most `ulps` units in the last place.
+
+    The suite's rtol of 1e-3 is finer than float16's epsilon (9.8e-4), so computing a float16 op in
+    float32 and rounding once (as mcc and onnxruntime do) can miss by one ulp against a reference that
+    rounds after every step; onnx's runner grants bfloat16 two ulps for the same reason.
+    """
+    if len(ref) != len(outs):
+        return False
+    for r, o in zip(ref, outs):
+        r, o = np.asarray(r), np.asarray(o)
+        if r.dtype != np.float16 or o.dtype != np.float16 or r.shape != o.shape:
+            if not (r.shape == o.shape and r.dtype == o.dtype and np.array_equal(r, o, equal_nan=True)):
+                return False
+            continue
+        spacing = np.spacing(np.maximum(np.abs(r), np.abs(o)).astype(np.float16)).astype(np.float32)
+        if not np.all(np.abs(r.astype(np.float32) - o.astype(np.float32)) <= ulps * spacing):
+            return False
+    return True
 
 
 def get_backend(name: str) -> Any:
@@ -131,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--failures", action="store_true", help="list every failing case with its message")
     ap.add_argument("--summary", action="store_true", help="group failure messages")
     args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")  # the suite's own data generation divides by zero on purpose
     backend = get_backend(args.backend)
     kinds = KINDS if args.kind == "all" else (args.kind,)
     for kind in kinds:

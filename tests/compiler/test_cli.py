@@ -28,7 +28,7 @@ def test_inspect_json_has_the_documented_keys() -> None:
     assert facts["inputs"] == [{"name": "image", "dtype": "float", "shape": ["batch", 1, 16, 16]}]
     assert facts["outputs"][0]["name"] == "logits"
     assert facts["op_counts"]["Conv"] == 8 and facts["op_counts"]["BatchNormalization"] == 8
-    assert facts["nodes"] == sum(facts["op_counts"].values()) == facts["kernels"]
+    assert facts["nodes"] == sum(facts["op_counts"].values()) >= facts["kernels"] > 0
     # parameters: every weight of the model (conv, BN statistics, head)
     m = onnx.load(DATA / "digits_cnn.onnx")
     assert facts["params"] == sum(int(np.prod(t.dims)) for t in m.graph.initializer)

@@ -23,7 +23,7 @@ def _model() -> object:
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
                           initializer=[helper.make_tensor("unused", TensorProto.FLOAT, [2], [1, 2])])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
 def test_default_pipeline_removes_dead_code_and_identities() -> None:
