@@ -29,27 +29,38 @@ def _as_graph(model: str | os.PathLike[str] | onnx.ModelProto | Graph) -> Graph:
     return model if isinstance(model, Graph) else import_onnx(model)
 
 
-def compress(model: str | os.PathLike[str] | onnx.ModelProto | Graph, pipeline: str = "default") -> Graph:
-    """Optimize a model with the default pipeline and return the new graph (the input is not changed).
+def compress(
+    model: str | os.PathLike[str] | onnx.ModelProto | Graph,
+    pipeline: str = "default",
+    *,
+    verify: bool = False,
+    dump_ir_after: set[str] | None = None,
+    timings: dict[str, float] | None = None,
+) -> Graph:
+    """Optimize a model with a pass pipeline and return the new graph (the input is not changed).
 
-    Compression options (pruning, sparsity, quantization) arrive with their passes; today the
-    default pipeline removes dead code and no-op nodes.
+    The default pipeline folds constants, canonicalizes exporter patterns, folds BatchNormalization
+    into weights, merges duplicates and fuses kernels. `verify` checks the IR after every pass;
+    `dump_ir_after` prints it after the named passes; `timings` receives seconds per pass.
     """
     g = _as_graph(model)
     g = g.copy() if isinstance(model, Graph) else g
-    passes.run(g, pipeline)
-    return g
+    return passes.run(g, pipeline, verify_each=verify, dump_ir_after=dump_ir_after, timings=timings)
 
 
 def compile(  # noqa: A001 - the public name DESIGN.md fixes
     model: str | os.PathLike[str] | onnx.ModelProto | Graph,
     target: str = "reference",
     pipeline: str = "default",
+    **pass_options: Any,
 ) -> CompiledModel:
-    """Optimize and lower a model for `target`; returns a runnable CompiledModel."""
+    """Optimize and lower a model for `target`; returns a runnable CompiledModel.
+
+    `pass_options` (verify, dump_ir_after, timings) are those of `compress`.
+    """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
-    g = compress(model, pipeline)
+    g = compress(model, pipeline, **pass_options)
     return CompiledModel(g, target)
 
 

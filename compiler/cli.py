@@ -97,7 +97,8 @@ def _print_facts(path: str, f: dict[str, Any]) -> None:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     g = import_onnx(args.model)
-    lowered = passes.run(g.copy(), args.passes or "default", dump_ir_after=_dump(args))
+    lowered = compress(g, args.passes or "default", **_pass_options(args))
+    _report_timings(args)
     facts = model_facts(g, kernels=len(lowered.nodes))
     if args.json:
         print(json.dumps(facts, indent=2))
@@ -108,7 +109,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     out = _check_output(args.output, (".onnx",))
-    g = compress(import_onnx(args.model), args.passes)
+    g = compress(import_onnx(args.model), args.passes, **_pass_options(args))
+    _report_timings(args)
     proto = export_onnx(g)
     _write_atomic(out, proto.SerializeToString(deterministic=True))
     before, after = Path(args.model).stat().st_size, out.stat().st_size
@@ -118,7 +120,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     out = _check_output(args.output, (".mcc",))
-    m = compile(args.model, target=args.target, pipeline=args.passes)
+    m = compile(args.model, target=args.target, pipeline=args.passes, **_pass_options(args))
+    _report_timings(args)
     m.save(out)
     print(f"wrote {out} (target {m.target})")
     return 0
@@ -181,8 +184,20 @@ def _write_atomic(path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
-def _dump(args: argparse.Namespace) -> set[str]:
-    return set(getattr(args, "dump_ir_after", None) or [])
+def _pass_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Pipeline options shared by the commands: --debug verifies the IR after every pass."""
+    if args.time_passes:
+        args.timings = {}
+    return {"verify": bool(getattr(args, "debug", False)), "dump_ir_after": set(args.dump_ir_after or []),
+            "timings": getattr(args, "timings", None)}
+
+
+def _report_timings(args: argparse.Namespace) -> None:
+    timings = getattr(args, "timings", None)
+    if timings:
+        width = max(len(k) for k in timings)
+        for name, seconds in sorted(timings.items(), key=lambda kv: -kv[1]):
+            print(f"pass {name:<{width}}  {seconds * 1e3:9.1f} ms", file=sys.stderr)
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -196,14 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+    def common(p: argparse.ArgumentParser, pipeline: bool = True) -> None:
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks on errors and verify the IR after every pass")
+        if pipeline:
+            p.add_argument("--dump-ir-after", action="append", metavar="PASS",
+                           help="print the IR after this pass (repeatable; 'all' for every pass)")
+            p.add_argument("--time-passes", action="store_true", help="print the time spent in each pass")
 
     p = sub.add_parser("inspect", help="inputs, outputs, op counts, params, MACs, kernels")
     p.add_argument("model", help="an ONNX file")
     p.add_argument("--passes", metavar="PIPELINE", help="pipeline whose result `kernels` counts (default: default)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--dump-ir-after", action="append", metavar="PASS", help="print the IR after this pass (or 'all')")
     common(p)
     p.set_defaults(func=cmd_inspect)
 
@@ -227,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="an input (repeat per input)")
     p.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs here")
     p.add_argument("--target", choices=TARGETS, default="reference", help="target when MODEL is ONNX")
-    common(p)
+    common(p, pipeline=False)
     p.set_defaults(func=cmd_run)
     return ap
 

@@ -18,6 +18,10 @@ def export_onnx(g: Graph, producer_version: str | None = None) -> onnx.ModelProt
     """Export `g` as a ModelProto; model metadata the importer kept is written back."""
     from . import __version__
 
+    if any(n.domain == "mcc" for n in g.all_nodes()):
+        import passes  # fused groups are mcc's own: inline them so the file is plain standard ONNX
+
+        g = passes.run(g.copy(), "unfuse")
     meta = g.meta
     opsets = [helper.make_opsetid(d, v) for d, v in sorted(g.opset_imports.items())]
     model = helper.make_model(

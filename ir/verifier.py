@@ -64,7 +64,7 @@ def _verify(graph: Graph, names: dict[str, Value], outer: set[int], check_ops: b
         for sg in node.subgraphs:
             if sg.parent is not graph:
                 raise VerificationError(f"subgraph {sg.name!r} of node {node.name!r} has the wrong parent")
-            _verify(sg, names, defined, check_ops)
+            _verify(sg, dict(names), defined, check_ops)  # sibling bodies may reuse names; none may shadow
         for i, v in enumerate(node.outputs):
             if v.producer is not node or v.index != i:
                 raise VerificationError(f"output {v.name!r} of node {node.name!r} has a wrong producer link")

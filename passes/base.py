@@ -21,7 +21,12 @@ from ir import Graph, verify
 _REGISTRY: dict[str, type[Pass]] = {}
 
 #: Named pipelines; `default` is what `compress` and `compile` run.
-PIPELINES: dict[str, str] = {"default": "dce,remove-identity,dce"}
+PIPELINES: dict[str, str] = {
+    # Clean up and fold what is constant; rewrite exporters' spelled-out ops into canonical ones; fold
+    # BatchNormalization and per-channel affine ops into weights; merge duplicates; fuse into kernels.
+    "optimize": "fold-constants,remove-identity,canonicalize,fold-batchnorm,cse,fold-constants,dce",
+    "default": "optimize,fuse",
+}
 
 
 class Pass:
@@ -95,14 +100,28 @@ class FunctionPass(Pass):
         return True
 
 
+class PipelinePass(Pass):
+    """Several passes run in order, as one pass (what a pipeline string names)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.passes = parse_pipeline(text)
+        self.name = text  # type: ignore[misc]
+
+    def run(self, graph: Graph) -> bool:
+        changed = False
+        for p in self.passes:
+            changed |= bool(p.run(graph))
+        return changed
+
+
 def as_pass(p: Pass | Callable[[Graph], Graph | None] | str) -> Pass:
+    """A Pass from a Pass, a pipeline string (one or more passes) or a function `Graph -> Graph | None`."""
     if isinstance(p, Pass):
         return p
     if isinstance(p, str):
         passes = parse_pipeline(p)
-        if len(passes) != 1:
-            raise PipelineError(f"{p!r} names {len(passes)} passes; expected one")
-        return passes[0]
+        return passes[0] if len(passes) == 1 else PipelinePass(p)
     return FunctionPass(p)
 
 
@@ -193,7 +212,16 @@ class PassManager:
 
 
 def run(graph: Graph, pipeline: str | list[Pass] = "default", *, verify_each: bool = False,
-        fixpoint: bool = False, dump_ir_after: set[str] | None = None) -> Graph:
-    """Run a text pipeline (or pass list) on `graph`; returns the graph (edited in place)."""
+        fixpoint: bool = False, dump_ir_after: set[str] | None = None,
+        timings: dict[str, float] | None = None) -> Graph:
+    """Run a text pipeline (or pass list) on `graph`; returns the graph (edited in place).
+
+    `timings`, when given, receives the seconds spent in each pass (summed by pass name).
+    """
     passes = parse_pipeline(pipeline) if isinstance(pipeline, str) else pipeline
-    return PassManager(passes, verify_each, fixpoint, dump_ir_after=dump_ir_after or set()).run(graph)
+    pm = PassManager(passes, verify_each, fixpoint, dump_ir_after=dump_ir_after or set())
+    graph = pm.run(graph)
+    if timings is not None:
+        for k, v in pm.timings.items():
+            timings[k] = timings.get(k, 0.0) + v
+    return graph

@@ -37,7 +37,7 @@ class DeadCodeElimination(Pass):
 
 @register_pass
 class RemoveIdentity(Pass):
-    """Replaces `y = Identity(x)` by `x` (and inference-mode Dropout likewise).
+    """Replaces `y = Identity(x)` by `x` (and inference-mode Dropout whose mask nobody reads likewise).
 
     When `y` is a graph output, the output keeps its name: `x` is renamed `y` if `x` is a plain
     intermediate value; otherwise the Identity stays (an output may not alias an input).
@@ -76,7 +76,7 @@ class RemoveIdentity(Pass):
             return False
         if node.op_type == "Identity":
             return len(node.inputs) == 1
-        if node.op_type == "Dropout" and len(node.outputs) == 1:
+        if node.op_type == "Dropout" and not any(v.uses or v.is_graph_output for v in node.outputs[1:]):
             if node.opset < 7:
                 return bool(node.attributes.get("is_test", 0))
             training = node.input(2)
