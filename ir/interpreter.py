@@ -6,7 +6,7 @@ evaluate through it, so an op's semantics live in exactly one place (its OpDef).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,8 +22,10 @@ class EvaluationError(RuntimeError):
 class Interpreter:
     """Evaluates graphs; one instance may be reused across runs (it keeps no per-run state)."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, observe: Callable[[Value, Any], None] | None = None) -> None:
         self.rng = np.random.default_rng(seed)
+        #: Called with every value the top-level graph computes (calibration, activation statistics).
+        self.observe = observe
 
     def run(self, graph: Graph, feeds: Mapping[str, Any]) -> list[Any]:
         """Outputs of `graph` (in graph order) for `feeds`, a name -> array mapping of its inputs."""
@@ -55,6 +57,8 @@ class Interpreter:
             results = self._call(op, ctx, node, args)
             for v, r in zip(node.outputs, results):
                 env[id(v)] = r
+                if self.observe is not None and outer is None:
+                    self.observe(v, r)
         return [scope.get(v) for v in graph.outputs]
 
     def _subgraph_runner(self, env: dict[int, Any], outer: _Scope | None) -> Any:

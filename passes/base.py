@@ -22,9 +22,12 @@ _REGISTRY: dict[str, type[Pass]] = {}
 
 #: Named pipelines; `default` is what `compress` and `compile` run.
 PIPELINES: dict[str, str] = {
-    # Clean up and fold what is constant; rewrite exporters' spelled-out ops into canonical ones; fold
-    # BatchNormalization and per-channel affine ops into weights; merge duplicates; fuse into kernels.
-    "optimize": "fold-constants,remove-identity,canonicalize,fold-batchnorm,cse,fold-constants,dce",
+    # Fold what is constant, drop no-ops, rewrite exporters' spelled-out ops into canonical ones.
+    "cleanup": "fold-constants,remove-identity,canonicalize,cse,dce",
+    # Then fold BatchNormalization and per-channel affine ops into weights (compression runs between
+    # cleanup and this step: channel pruning reads BatchNorm scales and re-estimates BatchNorm statistics).
+    "optimize": "cleanup,fold-batchnorm,cse,fold-constants,dce",
+    # What compress and compile run: optimize, then fuse into kernels.
     "default": "optimize,fuse",
 }
 

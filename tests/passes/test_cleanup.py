@@ -49,7 +49,7 @@ def test_pipeline_parsing_and_errors() -> None:
     ps = passes.parse_pipeline("dce, remove-identity ,fuse{max-depth=3}")
     assert [p.name for p in ps] == ["dce", "remove-identity", "fuse"] and ps[2].options.max_depth == 3
     named = passes.parse_pipeline("default")  # named pipelines expand in place
-    assert [p.name for p in named] == [p.name for p in passes.parse_pipeline(passes.PIPELINES["optimize"])] + ["fuse"]
+    assert [p.name for p in named] == [p.name for p in passes.parse_pipeline("optimize")] + ["fuse"]
     with pytest.raises(passes.PipelineError, match="not a valid int"):
         passes.parse_pipeline("fuse{max-depth=many}")
     with pytest.raises(passes.PipelineError, match="unknown pass 'nope'"):
