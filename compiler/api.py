@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,12 @@ import ir
 import passes
 from ir import DType, Graph, TensorType
 
-from .errors import ArtifactError, InputError, ModelLoadError
+from .calibration import CalibrationSource, load_calibration
+from .errors import ArtifactError, InputError, MccError, ModelLoadError
+from .facts import fmt_count, model_facts
 from .onnx_export import export_onnx
 from .onnx_import import import_onnx
+from .report import write_report
 
 TARGETS = ("reference",)
 ARTIFACT_FORMAT = 1
@@ -33,19 +37,70 @@ def compress(
     model: str | os.PathLike[str] | onnx.ModelProto | Graph,
     pipeline: str = "default",
     *,
+    channel_prune: float | None = None,
+    sparsity: float | None = None,
+    sparsity_pattern: str = "unstructured",
+    calibration: CalibrationSource | None = None,
+    exclude: Sequence[str] = (),
+    report: str | os.PathLike[str] | None = None,
+    prune_options: dict[str, Any] | None = None,
+    progress: bool = False,
     verify: bool = False,
     dump_ir_after: set[str] | None = None,
     timings: dict[str, float] | None = None,
 ) -> Graph:
-    """Optimize a model with a pass pipeline and return the new graph (the input is not changed).
+    """Optimize and compress a model; returns the new graph (the input is not changed).
 
-    The default pipeline folds constants, canonicalizes exporter patterns, folds BatchNormalization
-    into weights, merges duplicates and fuses kernels. `verify` checks the IR after every pass;
-    `dump_ir_after` prints it after the named passes; `timings` receives seconds per pass.
+    The pipeline (default: fold constants, canonicalize exporter patterns, fold BatchNormalization,
+    merge duplicates, fuse) runs last. Compression runs after the `cleanup` steps and before
+    BatchNormalization folding: `channel_prune` removes that fraction of the model's MACs by removing
+    whole channels; `sparsity` zeroes that fraction of Conv/Gemm/MatMul weights in `sparsity_pattern`
+    (unstructured, 2:4 or 4x1). With `calibration` (see compiler.calibration) both recover accuracy
+    without training. `exclude` names nodes to leave alone; `report` writes FILE.md or FILE.html.
+    `verify` checks the IR after every pass; `dump_ir_after` prints it; `timings` gets seconds per pass.
     """
     g = _as_graph(model)
     g = g.copy() if isinstance(model, Graph) else g
-    return passes.run(g, pipeline, verify_each=verify, dump_ir_after=dump_ir_after, timings=timings)
+    run = dict(verify_each=verify, dump_ir_after=dump_ir_after, timings=timings)
+    _check_fraction("channel_prune", channel_prune)
+    _check_fraction("sparsity", sparsity)
+    if report is not None and Path(report).suffix not in (".md", ".html"):
+        raise MccError(f"report {str(report)!r} should end in .md or .html")
+    layers: list[dict[str, Any]] = []
+    before = model_facts(g)
+    cal = load_calibration(g, calibration) if calibration is not None else None  # a mismatch fails early
+    if channel_prune or sparsity:
+        passes.run(g, "cleanup", **run)
+        if channel_prune:
+            from passes.channel_prune import ChannelPruneConfig, channel_prune as prune
+
+            config = ChannelPruneConfig(ratio=channel_prune, exclude=tuple(exclude), **(prune_options or {}))
+            layers += [dataclasses.asdict(r) for r in prune(g, config, calibration=cal, progress=progress)]
+        passes.run(g, "optimize", **run)  # fold BatchNormalization: sparsify the weights that ship
+        if sparsity:
+            from passes.sparsity import SparsityConfig, sparsify
+
+            sconfig = SparsityConfig(sparsity=sparsity, pattern=sparsity_pattern, exclude=tuple(exclude))
+            layers += [dataclasses.asdict(r) for r in sparsify(g, sconfig, calibration=cal, progress=progress)]
+    g = passes.run(g, pipeline, **run)
+    if report is not None:
+        after = model_facts(g)
+        summary = {"MACs": f"{fmt_count(before['macs'])} -> {fmt_count(after['macs'])} "
+                           f"({1 - after['macs'] / max(before['macs'], 1):.1%} fewer)",
+                   "parameters": f"{fmt_count(before['params'])} -> {fmt_count(after['params'])}",
+                   "nonzero weights": f"{fmt_count(_nonzeros(g))} of {fmt_count(after['params'])}"}
+        write_report(report, "mcc compression report", summary, layers)
+    return g
+
+
+def _check_fraction(name: str, value: float | None) -> None:
+    if value is not None and not 0.0 <= value < 1.0:
+        raise MccError(f"{name} must be a fraction in [0, 1), got {value}")
+
+
+def _nonzeros(g: Graph) -> int:
+    return sum(int(np.count_nonzero(v.const.array)) for v in g.initializers.values()
+               if v.const is not None and v.const.array.dtype != object)
 
 
 def compile(  # noqa: A001 - the public name DESIGN.md fixes

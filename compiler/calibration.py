@@ -104,6 +104,10 @@ def _chunks(source: CalibrationSource, headers_only: bool = False) -> Iterator[t
 
 
 def _read_npz(path: Path, headers_only: bool) -> dict[str, np.ndarray]:
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            raise CalibrationError(f"calibration file {str(path)!r} is not an .npz file (a zip of .npy arrays, as "
+                                   "numpy.savez writes)")
     try:
         with np.load(path, allow_pickle=False) as z:
             if headers_only:

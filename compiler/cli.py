@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import tempfile
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -22,56 +21,13 @@ import ir
 import passes
 
 from .api import TARGETS, CompiledModel, compile, compress, load
+from .facts import fmt_count, model_facts
 from .errors import InputError, MccError
 from .onnx_export import export_onnx
 from .onnx_import import import_onnx
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-
-
-# -- model facts ------------------------------------------------------------------------------
-
-
-def model_facts(g: ir.Graph, kernels: int | None = None) -> dict[str, Any]:
-    """What `mcc inspect --json` prints: inputs, outputs, nodes, op_counts, params, macs, kernels.
-
-    `kernels` is the number of top-level nodes left after a pipeline (fusion makes one node a kernel);
-    the caller passes it, since facts describe the model as given.
-    """
-    nodes = list(g.all_nodes())
-    macs = 0
-    for n in nodes:
-        op = ir.get_op(n.op_type, n.domain)
-        if op is not None and op.macs is not None:
-            try:
-                macs += int(op.macs(n) or 0)
-            except (TypeError, ValueError):
-                pass  # a MAC count needs known shapes; unknown ones count as zero
-    params = sum(v.const.array.size for v in g.initializers.values() if v.const is not None)
-    params += sum(int(np.prod(t.shape)) for n in nodes if n.op_type == "Constant"
-                  for t in [n.attributes.get("value")] if isinstance(t, ir.Tensor))
-    return {
-        "inputs": [_io(v) for v in g.inputs if v.const is None],
-        "outputs": [_io(v) for v in g.outputs],
-        "nodes": len(nodes),
-        "op_counts": dict(sorted(Counter(n.op_type for n in nodes).items())),
-        "params": int(params),
-        "macs": int(macs),
-        "kernels": len(nodes) if kernels is None else kernels,
-    }
-
-
-def _io(v: ir.Value) -> dict[str, Any]:
-    return {"name": v.name, "dtype": v.dtype.name.lower() if v.dtype is not None else None,
-            "shape": None if v.shape is None else list(v.shape)}
-
-
-def _fmt_count(n: int) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
 
 
 def _print_facts(path: str, f: dict[str, Any]) -> None:
@@ -84,8 +40,8 @@ def _print_facts(path: str, f: dict[str, Any]) -> None:
             print(f"{label}   {v['name']}: {v['dtype']}{shape(v['shape'])}")
     print(f"nodes    {f['nodes']}")
     print(f"kernels  {f['kernels']}")
-    print(f"params   {_fmt_count(f['params'])} ({f['params']})")
-    print(f"MACs     {_fmt_count(f['macs'])} ({f['macs']}; symbolic dims counted as 1)")
+    print(f"params   {fmt_count(f['params'])} ({f['params']})")
+    print(f"MACs     {fmt_count(f['macs'])} ({f['macs']}; symbolic dims counted as 1)")
     print("ops")
     width = max((len(k) for k in f["op_counts"]), default=0)
     for op, n in sorted(f["op_counts"].items(), key=lambda kv: (-kv[1], kv[0])):
@@ -109,18 +65,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     out = _check_output(args.output, (".onnx",))
-    g = compress(import_onnx(args.model), args.passes, **_pass_options(args))
+    g = compress(import_onnx(args.model), args.passes, **_compression(args), **_pass_options(args))
     _report_timings(args)
     proto = export_onnx(g)
     _write_atomic(out, proto.SerializeToString(deterministic=True))
     before, after = Path(args.model).stat().st_size, out.stat().st_size
-    print(f"wrote {out} ({_fmt_count(after)}B, {after / max(before, 1):.0%} of the input)")
+    print(f"wrote {out} ({fmt_count(after)}B, {after / max(before, 1):.0%} of the input)")
     return 0
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
     out = _check_output(args.output, (".mcc",))
-    m = compile(args.model, target=args.target, pipeline=args.passes, **_pass_options(args))
+    m = compile(args.model, target=args.target, pipeline=args.passes, **_compression(args), **_pass_options(args))
     _report_timings(args)
     m.save(out)
     print(f"wrote {out} (target {m.target})")
@@ -184,6 +140,13 @@ def _write_atomic(path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
+def _compression(args: argparse.Namespace) -> dict[str, Any]:
+    """The compression options, named as in compiler.compress."""
+    return {"channel_prune": args.channel_prune, "sparsity": args.sparsity, "sparsity_pattern": args.sparsity_pattern,
+            "calibration": args.calibration, "exclude": tuple(args.exclude or ()), "report": args.report,
+            "progress": sys.stderr.isatty()}
+
+
 def _pass_options(args: argparse.Namespace) -> dict[str, Any]:
     """Pipeline options shared by the commands: --debug verifies the IR after every pass."""
     if args.time_passes:
@@ -226,10 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_inspect)
 
+    def compression(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("compression")
+        g.add_argument("--channel-prune", type=float, metavar="R", help="remove a fraction R of the MACs by removing whole channels")
+        g.add_argument("--sparsity", type=float, metavar="S", help="zero a fraction S of Conv/Gemm/MatMul weights")
+        g.add_argument("--sparsity-pattern", choices=("unstructured", "2:4", "4x1"), default="unstructured")
+        g.add_argument("--calibration", metavar="FILE.npz|FOLDER",
+                       help="samples to recover accuracy from: one array per input name, samples on axis 0")
+        g.add_argument("--exclude", nargs="+", metavar="NODE_NAME", help="nodes to leave uncompressed")
+        g.add_argument("--report", metavar="FILE.md|FILE.html", help="write a per-layer report")
+
     p = sub.add_parser("compress", help="optimize and compress; write standard ONNX")
     p.add_argument("model", help="an ONNX file")
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
     p.add_argument("--passes", metavar="PIPELINE", default="default", help="pass pipeline (default: %(default)s)")
+    compression(p)
     common(p)
     p.set_defaults(func=cmd_compress)
 
@@ -238,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.mcc")
     p.add_argument("--target", choices=TARGETS, default="reference")
     p.add_argument("--passes", metavar="PIPELINE", default="default", help="pass pipeline (default: %(default)s)")
+    compression(p)
     common(p)
     p.set_defaults(func=cmd_compile)
 

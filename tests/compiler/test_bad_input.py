@@ -128,3 +128,40 @@ def test_run_rejects_wrong_inputs(digits_path: Path) -> None:
         m.run({"image": np.zeros((1, 1, 8, 16), np.float32)})
     with pytest.raises(compiler.InputError, match="unknown input"):
         m.run({"image": np.zeros((1, 1, 16, 16), np.float32), "extra": np.zeros(1)})
+
+
+def _calibration_cases(tmp: Path) -> dict[str, tuple[Path, str]]:
+    x = np.zeros((4, 1, 16, 16), np.float32)
+    cases = {}
+    np.savez(tmp / "wrong_name.npz", images=x)
+    cases["wrong-name"] = (tmp / "wrong_name.npz", "no array for model input(s) 'image'")
+    np.savez(tmp / "wrong_shape.npz", image=np.zeros((4, 1, 8, 8), np.float32))
+    cases["wrong-shape"] = (tmp / "wrong_shape.npz", "the model expects dim 2 = 16")
+    np.savez(tmp / "wrong_rank.npz", image=np.zeros((4, 16, 16), np.float32))
+    cases["wrong-rank"] = (tmp / "wrong_rank.npz", "expects rank 4")
+    np.savez(tmp / "wrong_dtype.npz", image=x.astype(np.int32))
+    cases["wrong-dtype"] = (tmp / "wrong_dtype.npz", "has dtype int32")
+    np.savez(tmp / "pickled.npz", image=np.array([{"a": 1}], dtype=object))
+    cases["pickled"] = (tmp / "pickled.npz", "holds pickled objects")
+    (tmp / "junk.npz").write_bytes(b"not a zip file at all")
+    cases["not-npz"] = (tmp / "junk.npz", "is not an .npz file")
+    cases["missing"] = (tmp / "nope.npz", "no such file or folder")
+    (tmp / "empty").mkdir()
+    cases["empty-folder"] = (tmp / "empty", "holds no .npz files")
+    return cases
+
+
+@pytest.mark.parametrize("case", ["wrong-name", "wrong-shape", "wrong-rank", "wrong-dtype", "pickled", "not-npz", "missing",
+                                  "empty-folder"])
+def test_calibration_that_does_not_match_the_model(tmp_path: Path, case: str) -> None:
+    cal_dir = tmp_path / "cal"
+    cal_dir.mkdir()
+    path, expected = _calibration_cases(cal_dir)[case]
+    out = tmp_path / "out"
+    out.mkdir()
+    r = _mcc("compress", str(DATA / "digits_cnn.onnx"), "-o", str(out / "m.onnx"), "--calibration", str(path),
+             cwd=tmp_path)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mcc: error: calibration") and expected in lines[0], r.stderr
+    assert list(out.iterdir()) == []
