@@ -29,47 +29,7 @@ def _f(*shape: int, lo: float = -3.0, hi: float = 3.0, dt: Any = np.float32) -> 
     return RNG.uniform(lo, hi, shape).astype(dt)
 
 
-class C:
-    """Marks an operand as a constant (an initializer)."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = np.asarray(value)
-
-
-def _model(op: str, inputs: dict[str, Any], attrs: dict[str, Any], opset: int, n_out: int) -> onnx.ModelProto:
-    names = [k if v is not None else "" for k, v in inputs.items()]
-    while names and names[-1] == "":
-        names.pop()
-    outs = [f"y{i}" for i in range(n_out)]
-    ins = [oh.make_tensor_value_info(k, oh.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-           for k, v in inputs.items() if isinstance(v, np.ndarray)]
-    inits = [numpy_helper.from_array(v.value, k) for k, v in inputs.items() if isinstance(v, C)]
-    g = oh.make_graph([oh.make_node(op, names, outs, **attrs)], "g", ins,
-                      [oh.make_empty_tensor_value_info(o) for o in outs], initializer=inits)
-    return oh.make_model(g, opset_imports=[oh.make_opsetid("", opset)], ir_version=8)
-
-
-def run(op: str, inputs: dict[str, Any], opset: int = 18, n_out: int = 1, **attrs: Any) -> list[np.ndarray]:
-    m = _model(op, inputs, attrs, opset, n_out)
-    feeds = {k: v for k, v in inputs.items() if isinstance(v, np.ndarray)}
-    return [np.asarray(v) for v in compiler.compile(m).run(feeds).values()]
-
-
-def check(op: str, inputs: dict[str, Any], opset: int = 18, n_out: int = 1, tol: float = 1e-6,
-          **attrs: Any) -> list[np.ndarray]:
-    """Run the op through mcc and onnxruntime; assert equal values, shapes and dtypes."""
-    m = _model(op, inputs, attrs, opset, n_out)
-    feeds = {k: v for k, v in inputs.items() if isinstance(v, np.ndarray)}
-    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
-    got = run(op, inputs, opset, n_out, **attrs)
-    for g, w in zip(got, want, strict=True):
-        assert g.dtype == w.dtype, (op, g.dtype, w.dtype)
-        assert g.shape == w.shape, (op, g.shape, w.shape)
-        if g.dtype == object:
-            assert g.tolist() == w.tolist()
-        else:
-            np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=tol, atol=tol, err_msg=op)
-    return got
+from op_check import C, check, run, single_op_model  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,7 +156,7 @@ def test_legacy_axis_broadcast() -> None:
     a, b = _f(2, 3, 4), _f(3)
     (y,) = run("Add", {"a": a, "b": b}, opset=6, broadcast=1, axis=1)
     np.testing.assert_allclose(y, a + b[:, None], rtol=1e-6)
-    g = compiler.import_onnx(_model("Add", {"a": a, "b": b}, {"broadcast": 1, "axis": 1}, 6, 1), infer_shapes=False)
+    g = compiler.import_onnx(single_op_model("Add", {"a": a, "b": b}, {"broadcast": 1, "axis": 1}, 6, 1), infer_shapes=False)
     ir.infer_shapes(g)
     assert g.outputs[0].type == TensorType(DType.FLOAT, (2, 3, 4))
 
@@ -259,7 +219,7 @@ def test_cast_narrow_floats() -> None:
     x = np.array([0.3, -1.7, 1e6, -1e6, np.inf, np.nan, 448.0, 1e-9], np.float32)
     (y,) = run("Cast", {"x": x}, opset=21, to=TP.BFLOAT16)
     assert y.dtype == ml_dtypes.bfloat16 and (y.view(np.uint16) == x.astype(ml_dtypes.bfloat16).view(np.uint16)).all()
-    m = _model("Cast", {"x": x}, {"to": TP.FLOAT8E4M3FN}, 21, 1)
+    m = single_op_model("Cast", {"x": x}, {"to": TP.FLOAT8E4M3FN}, 21, 1)
     (want,) = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     (got,) = run("Cast", {"x": x}, opset=21, to=TP.FLOAT8E4M3FN)  # saturating: +-1e6 and +-Inf to +-448
     assert got.dtype == ml_dtypes.float8_e4m3fn and (got.view(np.uint8) == want.view(np.uint8)).all()

@@ -11,9 +11,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from onnx import helper as oh
 from onnx import numpy_helper
 
 import compiler
@@ -27,44 +25,7 @@ def _f(*shape: int) -> np.ndarray:
     return RNG.standard_normal(shape).astype(np.float32)
 
 
-class C:
-    """Marks an operand as a constant (an initializer) in `check`."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = np.asarray(value)
-
-
-def _model(op: str, inputs: dict[str, Any], attrs: dict[str, Any], opset: int, n_out: int) -> onnx.ModelProto:
-    """One `op` node reading `inputs` in order: arrays are graph inputs, C(...) initializers, None omitted."""
-    names = [k if v is not None else "" for k, v in inputs.items()]
-    while names and names[-1] == "":
-        names.pop()
-    outs = [f"y{i}" for i in range(n_out)]
-    node = oh.make_node(op, names, outs, **attrs)
-    ins = [oh.make_tensor_value_info(k, oh.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-           for k, v in inputs.items() if isinstance(v, np.ndarray)]
-    inits = [numpy_helper.from_array(v.value, k) for k, v in inputs.items() if isinstance(v, C)]
-    g = oh.make_graph([node], "g", ins, [oh.make_empty_tensor_value_info(o) for o in outs], initializer=inits)
-    m = oh.make_model(g, opset_imports=[oh.make_opsetid("", opset)])
-    m.ir_version = 8
-    return m
-
-
-def check(op: str, inputs: dict[str, Any], opset: int = 18, n_out: int = 1, **attrs: Any) -> list[np.ndarray]:
-    """Run the op through mcc and onnxruntime; assert equal values, shapes and dtypes."""
-    m = _model(op, inputs, attrs, opset, n_out)
-    feeds = {k: v for k, v in inputs.items() if isinstance(v, np.ndarray)}
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    want = sess.run(None, feeds)
-    got = list(compiler.compile(m).run(feeds).values())
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        g = np.asarray(g)
-        assert g.dtype == w.dtype, (g.dtype, w.dtype)
-        assert g.shape == w.shape, (g.shape, w.shape)
-        np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=1e-6, atol=1e-6)
-    return got
-
+from op_check import C, check, single_op_model  # noqa: E402,F401
 
 I64 = np.int64
 
@@ -194,7 +155,7 @@ def test_scatter_deprecated_and_nd_slices() -> None:
 
 
 def test_scatter_unsupported_reduction() -> None:
-    m = _model("ScatterElements", {"d": _f(2, 2), "i": C(np.zeros((1, 2), I64)), "u": _f(1, 2)},
+    m = single_op_model("ScatterElements", {"d": _f(2, 2), "i": C(np.zeros((1, 2), I64)), "u": _f(1, 2)},
                {"reduction": "max"}, 16, 1)
     with pytest.raises(Exception, match="reduction 'max'"):
         compiler.compile(m).run({"d": _f(2, 2), "u": _f(1, 2)})
@@ -273,7 +234,7 @@ def test_unique(axis: int | None, sorted_: int) -> None:
         check("Unique", {"x": x}, n_out=4, opset=11, **kw)
         return
     # onnxruntime does not implement sorted=0 with an axis: first-occurrence order, computed by hand
-    got = list(compiler.compile(_model("Unique", {"x": x}, kw, 11, 4)).run({"x": x}).values())
+    got = list(compiler.compile(single_op_model("Unique", {"x": x}, kw, 11, 4)).run({"x": x}).values())
     subs = [np.take(x, i, axis=axis) for i in range(x.shape[axis])]
     first = [i for i, t in enumerate(subs) if not any(np.array_equal(t, subs[j]) for j in range(i))]
     inverse = [next(k for k, f in enumerate(first) if np.array_equal(t, subs[f])) for t in subs]
