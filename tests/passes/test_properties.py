@@ -64,3 +64,44 @@ def test_default_pipeline_is_idempotent(ex) -> None:  # type: ignore[no-untyped-
     once = str(g)
     passes.run(g, "default")
     assert str(g) == once
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3", "transformer_opset17", "fpn_detector", "paddle_style",
+                                  "control_flow"])
+def test_default_pipeline_is_idempotent_on_real_models(name: str) -> None:
+    import compiler
+    from tests.models import ALL_BUILDERS
+
+    g = passes.run(compiler.import_onnx(ALL_BUILDERS[name]()), "default")
+    once = str(g)
+    passes.run(g, "default")
+    assert str(g) == once
+
+
+def test_pass_manager_runs_to_a_fixpoint() -> None:
+    """Each round of this pass removes one Neg pair; the manager repeats it until nothing changes."""
+    g = ir.Graph("g", {"": 18})
+    v = g.add_input("x", ir.TensorType(ir.DType.FLOAT, (2,)))
+    for _ in range(6):
+        v = g.make_node("Neg", [v]).outputs[0]
+    g.outputs = [v]
+
+    class OnePair(passes.Pass):
+        """Removes the first Neg(Neg(x)) it finds (one per run, to need several rounds)."""
+
+        name = "one-pair"
+
+        def run(self, graph: ir.Graph) -> bool:
+            for n in graph.nodes:
+                inner = n.inputs[0].producer if n.op_type == "Neg" else None
+                if inner is not None and inner.op_type == "Neg" and len(n.inputs[0].uses) == 1:
+                    graph.replace_all_uses(n.outputs[0], inner.inputs[0])
+                    graph.remove(n)
+                    graph.remove(inner)
+                    return True
+            return False
+
+    pm = passes.PassManager([OnePair()], verify=True, fixpoint=True)
+    pm.run(g)
+    assert [n.op_type for n in g.nodes] == [] and g.outputs[0] is g.inputs[0]
+    assert "one-pair" in pm.timings
