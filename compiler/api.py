@@ -80,7 +80,10 @@ def compress(
         if sparsity:
             from passes.sparsity import SparsityConfig, sparsify
 
-            sconfig = SparsityConfig(sparsity=sparsity, pattern=sparsity_pattern, exclude=tuple(exclude))
+            # One threshold across layers spends the zeros where they cost least; N:M is per group anyway.
+            scope = "layer" if ":" in sparsity_pattern else "global"
+            sconfig = SparsityConfig(sparsity=sparsity, pattern=sparsity_pattern, scope=scope, exclude=tuple(exclude),
+                                     reconstruct=cal is not None)
             layers += [dataclasses.asdict(r) for r in sparsify(g, sconfig, calibration=cal, progress=progress)]
     g = passes.run(g, pipeline, **run)
     if report is not None:

@@ -13,7 +13,7 @@ from .base import (
     registered_passes,
     run,
 )
-from . import canonicalize, cleanup, cse, fold, fold_affine, fuse, infer  # noqa: F401  (registers passes)
+from . import canonicalize, cleanup, cse, fold, fold_affine, fuse, infer, sparsity  # noqa: F401  (registers passes)
 
 __all__ = [
     "PIPELINES", "FunctionPass", "Pass", "PassManager", "PipelineError", "as_pass", "get_pass",

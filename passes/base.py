@@ -36,6 +36,9 @@ class Pass:
     """Base class of all passes (subclass, set `name`, write `run` and a docstring)."""
 
     name: ClassVar[str] = ""
+    #: Passes that trade accuracy for size or speed (pruning, quantization) are `lossy`: they are
+    #: held to error bounds in their own tests instead of exact preservation (check_pass).
+    lossy: ClassVar[bool] = False
 
     @dataclasses.dataclass
     class Options:

@@ -7,8 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pytest
+# One BLAS thread: on a shared 2-core machine, oversubscribed BLAS threads make the reference
+# interpreter's matmuls up to 100x slower; set before numpy loads its BLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
