@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,11 +21,14 @@ from ir import DType, Graph, TensorType
 from .calibration import CalibrationSource, load_calibration
 from .errors import ArtifactError, InputError, MccError, ModelLoadError
 from .facts import fmt_count, model_facts
+from .files import write_atomic
 from .onnx_export import export_onnx
 from .onnx_import import import_onnx
 from .report import write_report
 
 TARGETS = ("reference",)
+#: --quantize words -> passes.quantize modes.
+QUANTIZE_MODES = {"int8": "int8", "dynamic": "int8-dynamic", "fp16": "fp16"}
 ARTIFACT_FORMAT = 1
 
 
@@ -40,7 +43,9 @@ def compress(
     channel_prune: float | None = None,
     sparsity: float | None = None,
     sparsity_pattern: str = "unstructured",
+    quantize: str | None = None,
     calibration: CalibrationSource | None = None,
+    calibration_method: str | None = None,
     exclude: Sequence[str] = (),
     report: str | os.PathLike[str] | None = None,
     prune_options: dict[str, Any] | None = None,
@@ -56,7 +61,9 @@ def compress(
     BatchNormalization folding: `channel_prune` removes that fraction of the model's MACs by removing
     whole channels; `sparsity` zeroes that fraction of Conv/Gemm/MatMul weights in `sparsity_pattern`
     (unstructured, 2:4 or 4x1). With `calibration` (see compiler.calibration) both recover accuracy
-    without training. `exclude` names nodes to leave alone; `report` writes FILE.md or FILE.html.
+    without training. `quantize` is "int8" (static QDQ; needs `calibration`, ranges by
+    `calibration_method`: minmax, percentile, entropy or mse), "dynamic" or "fp16"; it runs after
+    BatchNormalization folding. `exclude` names nodes to leave alone; `report` writes FILE.md or FILE.html.
     `verify` checks the IR after every pass; `dump_ir_after` prints it; `timings` gets seconds per pass.
     """
     g = _as_graph(model)
@@ -66,16 +73,20 @@ def compress(
     _check_fraction("sparsity", sparsity)
     if report is not None and Path(report).suffix not in (".md", ".html"):
         raise MccError(f"report {str(report)!r} should end in .md or .html")
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        raise MccError(f"unknown quantization {quantize!r}; choose one of: {', '.join(QUANTIZE_MODES)}")
+    if quantize == "int8" and calibration is None:
+        raise MccError("--quantize int8 needs --calibration: static activation ranges come from sample inputs")
     layers: list[dict[str, Any]] = []
     before = model_facts(g)
     cal = load_calibration(g, calibration) if calibration is not None else None  # a mismatch fails early
-    if channel_prune or sparsity:
+    if channel_prune or sparsity or quantize:
         passes.run(g, "cleanup", **run)
         if channel_prune:
             from passes.channel_prune import ChannelPruneConfig, channel_prune as prune
 
             config = ChannelPruneConfig(ratio=channel_prune, exclude=tuple(exclude), **(prune_options or {}))
-            layers += [dataclasses.asdict(r) for r in prune(g, config, calibration=cal, progress=progress)]
+            layers += _rows(prune(g, config, calibration=cal, progress=progress))
         passes.run(g, "optimize", **run)  # fold BatchNormalization: sparsify the weights that ship
         if sparsity:
             from passes.sparsity import SparsityConfig, sparsify
@@ -84,7 +95,14 @@ def compress(
             scope = "layer" if ":" in sparsity_pattern else "global"
             sconfig = SparsityConfig(sparsity=sparsity, pattern=sparsity_pattern, scope=scope, exclude=tuple(exclude),
                                      reconstruct=cal is not None)
-            layers += [dataclasses.asdict(r) for r in sparsify(g, sconfig, calibration=cal, progress=progress)]
+            layers += _rows(sparsify(g, sconfig, calibration=cal, progress=progress))
+        if quantize:
+            from passes.quantize import quantize as quantize_graph
+
+            options = {"method": calibration_method} if calibration_method and quantize == "int8" else {}
+            result = quantize_graph(g, QUANTIZE_MODES[quantize], calibration=cal, exclude=tuple(exclude),
+                                    progress=progress, **options)
+            layers += _rows(result)
     g = passes.run(g, pipeline, **run)
     if report is not None:
         after = model_facts(g)
@@ -94,6 +112,16 @@ def compress(
                    "nonzero weights": f"{fmt_count(_nonzeros(g))} of {fmt_count(after['params'])}"}
         write_report(report, "mcc compression report", summary, layers)
     return g
+
+
+def _rows(records: Any) -> list[dict[str, Any]]:
+    """Per-layer records of the compression steps as report rows (keyed by `layer`)."""
+    rows = []
+    for r in records:
+        row = dataclasses.asdict(r)
+        row.setdefault("layer", row.pop("name", ""))
+        rows.append(row)
+    return rows
 
 
 def _check_fraction(name: str, value: float | None) -> None:
@@ -156,8 +184,8 @@ class CompiledModel:
             "outputs": [_describe(v) for v in self.outputs],
         }
         model = export_onnx(self.graph).SerializeToString(deterministic=True)
-        _write_atomic(Path(path), {"manifest.json": json.dumps(manifest, indent=2, sort_keys=True).encode(),
-                                   "graph.onnx": model})
+        write_atomic(path, _zip({"manifest.json": json.dumps(manifest, indent=2, sort_keys=True).encode(),
+                                 "graph.onnx": model}))
 
     def __repr__(self) -> str:
         return f"CompiledModel(target={self.target!r}, inputs={self.input_names}, outputs={self.output_names})"
@@ -243,18 +271,12 @@ def _version() -> str:
     return __version__
 
 
-def _write_atomic(path: Path, members: dict[str, bytes]) -> None:
-    """Write a zip so that a failure leaves nothing behind (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".mcc-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
-            for name, data in members.items():
-                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))  # deterministic bytes
-                info.compress_type = zipfile.ZIP_DEFLATED
-                z.writestr(info, data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _zip(members: dict[str, bytes]) -> bytes:
+    """A zip archive of `members` with fixed timestamps, so the same artifact gives the same bytes."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, data)
+    return buf.getvalue()

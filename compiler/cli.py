@@ -8,10 +8,9 @@ are written to a temporary name and renamed at the end, so a failure leaves noth
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import passes
 
 from .api import TARGETS, CompiledModel, compile, compress, load
 from .facts import fmt_count, model_facts
+from .files import write_atomic
 from .errors import InputError, MccError
 from .onnx_export import export_onnx
 from .onnx_import import import_onnx
@@ -68,7 +68,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     g = compress(import_onnx(args.model), args.passes, **_compression(args), **_pass_options(args))
     _report_timings(args)
     proto = export_onnx(g)
-    _write_atomic(out, proto.SerializeToString(deterministic=True))
+    write_atomic(out, proto.SerializeToString(deterministic=True))
     before, after = Path(args.model).stat().st_size, out.stat().st_size
     print(f"wrote {out} ({fmt_count(after)}B, {after / max(before, 1):.0%} of the input)")
     return 0
@@ -95,14 +95,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         feeds[name] = _load_npy(Path(file), name)
     results = m.run(feeds)
     if out is not None:
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=out.parent)
-        os.close(fd)
-        try:
-            np.savez(tmp, **results)
-            os.replace(tmp, out)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        buf = io.BytesIO()
+        np.savez(buf, **results)
+        write_atomic(out, buf.getvalue())
         print(f"wrote {out}")
     for name, arr in results.items():
         a = np.asarray(arr)
@@ -129,22 +124,11 @@ def _check_output(path: str, suffixes: tuple[str, ...]) -> Path:
     return p
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".mcc-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _compression(args: argparse.Namespace) -> dict[str, Any]:
     """The compression options, named as in compiler.compress."""
     return {"channel_prune": args.channel_prune, "sparsity": args.sparsity, "sparsity_pattern": args.sparsity_pattern,
-            "calibration": args.calibration, "exclude": tuple(args.exclude or ()), "report": args.report,
-            "progress": sys.stderr.isatty()}
+            "quantize": args.quantize, "calibration": args.calibration, "calibration_method": args.calibration_method,
+            "exclude": tuple(args.exclude or ()), "report": args.report, "progress": sys.stderr.isatty()}
 
 
 def _pass_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -194,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--channel-prune", type=float, metavar="R", help="remove a fraction R of the MACs by removing whole channels")
         g.add_argument("--sparsity", type=float, metavar="S", help="zero a fraction S of Conv/Gemm/MatMul weights")
         g.add_argument("--sparsity-pattern", choices=("unstructured", "2:4", "4x1"), default="unstructured")
+        g.add_argument("--quantize", choices=("int8", "dynamic", "fp16"),
+                       help="int8: static QDQ (needs --calibration); dynamic: int8 weights, run-time activation "
+                            "scales; fp16: half-precision weights and compute")
+        g.add_argument("--calibration-method", choices=("minmax", "percentile", "entropy", "mse"),
+                       help="how int8 activation ranges are chosen (default: percentile 99.99)")
         g.add_argument("--calibration", metavar="FILE.npz|FOLDER",
                        help="samples to recover accuracy from: one array per input name, samples on axis 0")
         g.add_argument("--exclude", nargs="+", metavar="NODE_NAME", help="nodes to leave uncompressed")

@@ -13,10 +13,13 @@ from typing import Any
 
 from .errors import MccError
 from .facts import fmt_count
+from .files import write_atomic
 
 COLUMNS = [("layer", "layer"), ("op", "op"), ("channels_before", "channels before"),
-           ("channels_after", "channels after"), ("sparsity", "sparsity"), ("macs_before", "MACs before"),
-           ("macs_after", "MACs after"), ("params_before", "params before"), ("params_after", "params after")]
+           ("channels_after", "channels after"), ("sparsity", "sparsity"), ("skipped", "skipped"),
+           ("mode", "quantization"), ("weights", "weights"), ("macs_before", "MACs before"),
+           ("macs_after", "MACs after"), ("params_before", "params before"), ("params_after", "params after"),
+           ("weight_bytes_before", "weight bytes before"), ("weight_bytes_after", "weight bytes after")]
 
 
 def write_report(path: str | Path, title: str, summary: dict[str, Any], layers: Sequence[dict[str, Any]]) -> None:
@@ -27,10 +30,10 @@ def write_report(path: str | Path, title: str, summary: dict[str, Any], layers: 
     svg = _plot(title, layers)
     if p.suffix == ".md":
         plot = p.with_suffix(".svg")
-        plot.write_text(svg)
-        p.write_text(_markdown(title, summary, layers, plot.name))
+        write_atomic(plot, svg.encode())
+        write_atomic(p, _markdown(title, summary, layers, plot.name).encode())
     else:
-        p.write_text(_html(title, summary, layers, svg))
+        write_atomic(p, _html(title, summary, layers, svg).encode())
 
 
 def _cell(key: str, value: Any) -> str:
@@ -38,13 +41,13 @@ def _cell(key: str, value: Any) -> str:
         return "–"
     if key == "sparsity":
         return f"{float(value):.1%}"
-    if key.startswith(("macs", "params")):
+    if key.startswith(("macs", "params", "weight_bytes")):
         return fmt_count(int(value))
     return str(value)
 
 
 def _columns(layers: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
-    return [(k, label) for k, label in COLUMNS if any(row.get(k) is not None for row in layers)]
+    return [(k, label) for k, label in COLUMNS if any(row.get(k) not in (None, "") for row in layers)]
 
 
 def _markdown(title: str, summary: dict[str, Any], layers: Sequence[dict[str, Any]], plot: str) -> str:
@@ -92,7 +95,8 @@ def _plot(title: str, layers: Sequence[dict[str, Any]]) -> str:
     ax.set_xticklabels(names, rotation=70, ha="right", fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
-    ax.legend(loc="upper right", fontsize=8)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     buf = io.StringIO()
     fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": "mcc"})

@@ -13,7 +13,8 @@ from .base import (
     registered_passes,
     run,
 )
-from . import canonicalize, cleanup, cse, fold, fold_affine, fuse, infer, sparsity  # noqa: F401  (registers passes)
+from . import canonicalize, cleanup, cse, fold, fold_affine, fp16, fuse, infer, quantize  # noqa: F401  (registers passes)
+from . import sparsity  # noqa: F401  (registers passes)
 
 __all__ = [
     "PIPELINES", "FunctionPass", "Pass", "PassManager", "PipelineError", "as_pass", "get_pass",

@@ -18,7 +18,7 @@ class FoldConstants(Pass):
 
     Constant nodes become initializers too. Folding is bounded: a result larger than `max-elements`
     stays computed at run time (folding an Expand or a Tile could blow a model up); random ops, ops
-    with subgraphs and ops mcc cannot evaluate are left alone.
+    with subgraphs, DequantizeLinear of quantized weights and ops mcc cannot evaluate are left alone.
     """
 
     name = "fold-constants"
@@ -56,6 +56,8 @@ class FoldConstants(Pass):
         op = get_op(node.op_type, node.domain)
         if op is None or op.random or node.subgraphs:
             return False
+        if node.op_type == "DequantizeLinear":
+            return False  # int8 weights + DequantizeLinear is how a quantized model stays small
         if any(v.is_graph_output for v in node.outputs) and node.op_type != "Constant":
             return False
         if not all(isinstance(v.type, TensorType) for v in node.outputs):
