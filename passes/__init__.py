@@ -13,8 +13,19 @@ from .base import (
     registered_passes,
     run,
 )
-from . import canonicalize, cleanup, cse, fold, fold_affine, fp16, fuse, infer, quantize  # noqa: F401  (registers passes)
-from . import sparsity  # noqa: F401  (registers passes)
+from . import (  # noqa: F401  (registers passes)
+    canonicalize,
+    channel_prune,
+    cleanup,
+    cse,
+    fold,
+    fold_affine,
+    fp16,
+    fuse,
+    infer,
+    quantize,
+    sparsity,
+)
 
 __all__ = [
     "PIPELINES", "FunctionPass", "Pass", "PassManager", "PipelineError", "as_pass", "get_pass",

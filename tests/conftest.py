@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+import copy
+from collections.abc import Mapping
 from typing import Any
 
 # One BLAS thread: on a shared 2-core machine, oversubscribed BLAS threads make the reference
@@ -12,6 +14,7 @@ from typing import Any
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
+import onnx  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,3 +55,40 @@ def digits_path() -> Path:
 def digits_data() -> dict[str, np.ndarray]:
     with np.load(DATA / "digits_data.npz") as z:
         return {k: z[k] for k in z.files}
+
+
+LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def count_macs(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> int:
+    """Conv/ConvTranspose/Gemm/MatMul MACs of `model` on `feeds` (batch 1): weight shapes from the
+    initializers, activation shapes from onnx.shape_inference with the inputs fixed; dims it cannot
+    derive (past run-time Reshapes) are read from an onnxruntime run."""
+    m = copy.deepcopy(model)
+    for vi in m.graph.input:
+        if vi.name in feeds:
+            for d, n in zip(vi.type.tensor_type.shape.dim, feeds[vi.name].shape):
+                d.Clear()
+                d.dim_value = n
+    m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    shapes = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+              for vi in [*m.graph.value_info, *m.graph.output, *m.graph.input]}
+    nodes = [n for n in m.graph.node if n.op_type in LINEAR_OPS]
+    unknown = [v for n in nodes for v in (n.input[0], n.output[0]) if None in shapes.get(v, [None])]
+    if unknown:
+        probe = copy.deepcopy(m)
+        del probe.graph.output[:]
+        probe.graph.output.extend(onnx.ValueInfoProto(name=v) for v in dict.fromkeys(unknown))
+        shapes.update({v: list(a.shape) for v, a in zip(dict.fromkeys(unknown), ort_run(probe, dict(feeds)))})
+    weights = {t.name: list(t.dims) for t in m.graph.initializer}
+    total = 0
+    for n in nodes:
+        x, y = shapes[n.input[0]], shapes[n.output[0]]
+        if n.op_type == "Conv":
+            total += int(np.prod(weights[n.input[1]])) * int(np.prod(y[2:]))
+        elif n.op_type == "ConvTranspose":
+            total += int(np.prod(weights[n.input[1]])) * int(np.prod(x[2:]))
+        else:
+            total += int(np.prod(y)) * x[-1 - int(n.op_type == "Gemm" and any(
+                a.name == "transA" and a.i for a in n.attribute))]
+    return total

@@ -97,3 +97,22 @@ def test_run_reports_bad_input_shape(tmp_path: Path) -> None:
 def test_bad_options_give_one_line(args: list[str], message: str) -> None:
     r = mcc(*args)
     assert r.returncode != 0 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_compress_int8_from_the_command_line(tmp_path: Path, digits_data: dict[str, np.ndarray]) -> None:
+    """The README's flow: int8 with the bundled calibration file, a report, onnxruntime accuracy."""
+    out, report = tmp_path / "int8.onnx", tmp_path / "report.html"
+    r = mcc("compress", str(DATA / "digits_cnn.onnx"), "-o", str(out), "--quantize", "int8",
+            "--calibration", str(DATA / "digits_calibration.npz"), "--report", str(report))
+    assert r.returncode == 0, r.stderr
+    assert out.stat().st_size <= 0.40 * (DATA / "digits_cnn.onnx").stat().st_size
+    x, y = digits_data["test_images"], digits_data["test_labels"]
+    acc = float((ort_run(out, {"image": x}, "ORT_ENABLE_ALL")[0].argmax(1) == y).mean())
+    assert acc >= 0.9799 - 0.005
+    html = report.read_text()
+    assert "int8 per-channel" in html and "<svg" in html
+
+
+def test_int8_without_calibration_is_refused(tmp_path: Path) -> None:
+    r = mcc("compress", str(DATA / "digits_cnn.onnx"), "-o", str(tmp_path / "q.onnx"), "--quantize", "int8")
+    assert r.returncode != 0 and "needs --calibration" in r.stderr and not (tmp_path / "q.onnx").exists()
