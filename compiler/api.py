@@ -18,7 +18,7 @@ import ir
 import passes
 from ir import DType, Graph, TensorType
 
-from .calibration import CalibrationSource, load_calibration
+from .calibration import Calibration, CalibrationSource, load_calibration
 from .errors import ArtifactError, InputError, MccError, ModelLoadError
 from .facts import fmt_count, model_facts
 from .files import write_atomic
@@ -46,6 +46,7 @@ def compress(
     quantize: str | None = None,
     calibration: CalibrationSource | None = None,
     calibration_method: str | None = None,
+    max_error: float | None = None,
     exclude: Sequence[str] = (),
     report: str | os.PathLike[str] | None = None,
     prune_options: dict[str, Any] | None = None,
@@ -63,7 +64,9 @@ def compress(
     (unstructured, 2:4 or 4x1). With `calibration` (see compiler.calibration) both recover accuracy
     without training. `quantize` is "int8" (static QDQ; needs `calibration`, ranges by
     `calibration_method`: minmax, percentile, entropy or mse), "dynamic" or "fp16"; it runs after
-    BatchNormalization folding. `exclude` names nodes to leave alone; `report` writes FILE.md or FILE.html.
+    BatchNormalization folding. int8 biases are corrected for the mean error quantization adds; with
+    `max_error` (relative L2 error of the outputs on the calibration data) the least robust layers
+    fall back to fp32 until it holds. `exclude` names nodes to leave alone; `report` writes FILE.md or FILE.html.
     `verify` checks the IR after every pass; `dump_ir_after` prints it; `timings` gets seconds per pass.
     """
     g = _as_graph(model)
@@ -97,12 +100,8 @@ def compress(
                                      reconstruct=cal is not None)
             layers += _rows(sparsify(g, sconfig, calibration=cal, progress=progress))
         if quantize:
-            from passes.quantize import quantize as quantize_graph
-
-            options = {"method": calibration_method} if calibration_method and quantize == "int8" else {}
-            result = quantize_graph(g, QUANTIZE_MODES[quantize], calibration=cal, exclude=tuple(exclude),
-                                    progress=progress, **options)
-            layers += _rows(result)
+            layers += _quantize(g, quantize, cal, calibration_method, max_error, tuple(exclude), progress,
+                                sensitivity=report is not None)
     g = passes.run(g, pipeline, **run)
     if report is not None:
         after = model_facts(g)
@@ -112,6 +111,31 @@ def compress(
                    "nonzero weights": f"{fmt_count(_nonzeros(g))} of {fmt_count(after['params'])}"}
         write_report(report, "mcc compression report", summary, layers)
     return g
+
+
+def _quantize(g: Graph, mode: str, cal: Any, method: str | None, max_error: float | None,
+              exclude: tuple[str, ...], progress: bool, sensitivity: bool) -> list[dict[str, Any]]:
+    """Quantize `g` in place; for int8 also correct biases and (for reports) measure each layer's SQNR."""
+    from passes.quantize import quantize as quantize_graph
+
+    if mode != "int8":
+        return _rows(quantize_graph(g, QUANTIZE_MODES[mode], exclude=exclude, progress=progress))
+    from passes import quant_accuracy as qa
+
+    options: dict[str, Any] = {"method": method} if method else {}
+    fp32 = g.copy()
+    if max_error is not None:
+        result = qa.quantize_with_budget(g, cal, max_error, exclude=exclude, **options)
+    else:
+        result = quantize_graph(g, "int8", calibration=cal, exclude=exclude, progress=progress, **options)
+    qa.bias_correction(fp32, g, cal)
+    rows = _rows(result)
+    if sensitivity:  # a diagnostic for the report: 32 samples rank the layers well enough
+        sample = Calibration(cal.graph_inputs, cal.source, cal.batch_size, limit=32)
+        sqnr = qa.layer_sensitivity(fp32, sample, layers=[r["layer"] for r in rows], **options)
+        for r in rows:
+            r["sqnr_db"] = sqnr.get(r["layer"])
+    return rows
 
 
 def _rows(records: Any) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,7 @@ def _compression(args: argparse.Namespace) -> dict[str, Any]:
     """The compression options, named as in compiler.compress."""
     return {"channel_prune": args.channel_prune, "sparsity": args.sparsity, "sparsity_pattern": args.sparsity_pattern,
             "quantize": args.quantize, "calibration": args.calibration, "calibration_method": args.calibration_method,
+            "max_error": args.max_error,
             "exclude": tuple(args.exclude or ()), "report": args.report, "progress": sys.stderr.isatty()}
 
 
@@ -183,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "scales; fp16: half-precision weights and compute")
         g.add_argument("--calibration-method", choices=("minmax", "percentile", "entropy", "mse"),
                        help="how int8 activation ranges are chosen (default: percentile 99.99)")
+        g.add_argument("--max-error", type=float, metavar="E",
+                       help="int8: keep the least robust layers in fp32 until the outputs' relative L2 error "
+                            "on the calibration data is at most E")
         g.add_argument("--calibration", metavar="FILE.npz|FOLDER",
                        help="samples to recover accuracy from: one array per input name, samples on axis 0")
         g.add_argument("--exclude", nargs="+", metavar="NODE_NAME", help="nodes to leave uncompressed")
@@ -222,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.print_help()
         return EXIT_USAGE
     try:
-        return int(args.func(args) or 0)
+        with _blas_threads():
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("mcc: interrupted", file=sys.stderr)
         return 130
@@ -231,6 +237,22 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"mcc: error: {_message(e)}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _blas_threads() -> Any:
+    """Cap numpy's BLAS threads at MCC_NUM_THREADS (default 1) while a command runs.
+
+    The reference interpreter issues many small matmuls: threaded BLAS gains little there and, on a
+    busy machine, oversubscribed threads make it up to 100x slower.
+    """
+    from threadpoolctl import threadpool_limits
+
+    raw = os.environ.get("MCC_NUM_THREADS", "1")
+    try:
+        n = max(1, int(raw))
+    except ValueError:
+        raise MccError(f"MCC_NUM_THREADS={raw!r} is not a number of threads") from None
+    return threadpool_limits(limits=n, user_api="blas")
 
 
 def _message(e: BaseException) -> str:

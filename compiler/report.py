@@ -17,7 +17,7 @@ from .files import write_atomic
 
 COLUMNS = [("layer", "layer"), ("op", "op"), ("channels_before", "channels before"),
            ("channels_after", "channels after"), ("sparsity", "sparsity"), ("skipped", "skipped"),
-           ("mode", "quantization"), ("weights", "weights"), ("macs_before", "MACs before"),
+           ("mode", "quantization"), ("weights", "weights"), ("sqnr_db", "SQNR alone (dB)"), ("macs_before", "MACs before"),
            ("macs_after", "MACs after"), ("params_before", "params before"), ("params_after", "params after"),
            ("weight_bytes_before", "weight bytes before"), ("weight_bytes_after", "weight bytes after")]
 
@@ -41,6 +41,8 @@ def _cell(key: str, value: Any) -> str:
         return "–"
     if key == "sparsity":
         return f"{float(value):.1%}"
+    if key == "sqnr_db":
+        return f"{float(value):.1f}"
     if key.startswith(("macs", "params", "weight_bytes")):
         return fmt_count(int(value))
     return str(value)

@@ -23,6 +23,7 @@ from . import (  # noqa: F401  (registers passes)
     fp16,
     fuse,
     infer,
+    quant_accuracy,
     quantize,
     sparsity,
 )
