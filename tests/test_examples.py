@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -9,11 +10,41 @@ import sys
 from conftest import ROOT
 
 
-def test_run_digits_example() -> None:
-    r = subprocess.run([sys.executable, str(ROOT / "examples" / "run_digits.py")], capture_output=True, text=True,
-                       timeout=300, cwd=ROOT)
+def _run(script: str, *args: str) -> str:
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args], capture_output=True, text=True,
+                       timeout=600, cwd=ROOT, env=env)
     assert r.returncode == 0, r.stderr
-    acc = float(re.search(r"accuracy ([\d.]+)%", r.stdout).group(1))
+    return r.stdout
+
+
+def test_run_digits_example() -> None:
+    out = _run("run_digits.py")
+    acc = float(re.search(r"accuracy ([\d.]+)%", out).group(1))
     assert acc == 97.99  # the trained model's accuracy on the held-out digits, exactly
-    diff = float(re.search(r"max relative difference ([\d.e+-]+)", r.stdout).group(1))
+    diff = float(re.search(r"max relative difference ([\d.e+-]+)", out).group(1))
     assert diff <= 1e-5
+
+
+def _table(out: str) -> dict[str, tuple[float, float]]:
+    """label -> (accuracy %, file kB) from the examples' result lines."""
+    rows = re.findall(r"^(.+?)\s+accuracy\s+([\d.]+)%.*?file\s+([\d.]+) kB", out, flags=re.M)
+    return {label.strip(): (float(a), float(kb)) for label, a, kb in rows}
+
+
+def test_quantize_digits_example() -> None:
+    rows = _table(_run("quantize_digits.py"))
+    fp32_acc, fp32_kb = rows["fp32"]
+    assert rows["int8"][0] >= fp32_acc - 0.5 and rows["int8"][1] <= 0.40 * fp32_kb
+    assert rows["dynamic"][0] >= fp32_acc - 0.5
+    assert rows["fp16"][0] >= fp32_acc - 0.1 and rows["fp16"][1] <= 0.55 * fp32_kb
+
+
+def test_prune_digits_example() -> None:
+    out = _run("prune_digits.py")
+    rows = _table(out)
+    macs = dict(re.findall(r"^(.+?)\s+accuracy.*?MACs\s+([\d.]+) M", out, flags=re.M))
+    assert rows["original"][0] == 97.99
+    pruned = next(k for k in rows if k.startswith("channels"))
+    assert rows[pruned][0] >= 95.99 and float(macs[pruned]) <= 0.53 * float(macs["original"])
+    assert rows["70% sparse"][0] >= 96.99 and rows["2:4 sparse"][0] >= 96.99
