@@ -93,9 +93,17 @@ def _plot(title: str, layers: Sequence[dict[str, Any]]) -> str:
     sparsity = [r.get("sparsity") for r in layers]
     if any(s is not None for s in sparsity):
         ax.bar([i + 0.2 for i in x], [s or 0 for s in sparsity], width=0.4, label="weight sparsity")
+    sqnr = [r.get("sqnr_db") for r in layers]
+    if any(v is not None for v in sqnr):  # int8: each layer's SQNR when quantized alone
+        ax2 = ax.twinx()
+        ax2.plot([i for i, v in zip(x, sqnr) if v is not None], [v for v in sqnr if v is not None], "o-",
+                 color="tab:red", label="SQNR alone (dB)")
+        ax2.set_ylabel("SQNR (dB)")
+        ax2.legend(loc="lower right", fontsize=8)
     ax.set_xticks(list(x))
     ax.set_xticklabels(names, rotation=70, ha="right", fontsize=7)
     ax.set_ylim(0, 1.05)
+    ax.set_ylabel("fraction")
     ax.set_title(title)
     if ax.get_legend_handles_labels()[1]:
         ax.legend(loc="upper right", fontsize=8)
