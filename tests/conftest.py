@@ -92,3 +92,23 @@ def count_macs(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> int:
             total += int(np.prod(y)) * x[-1 - int(n.op_type == "Gemm" and any(
                 a.name == "transA" and a.i for a in n.attribute))]
     return total
+
+
+def ctc_greedy(probs: np.ndarray) -> list[list[int]]:
+    """[N, T, VOCAB] -> digit sequences: best class per position, repeats collapsed, blanks dropped."""
+    out = []
+    for row in probs.argmax(-1):
+        seq, prev = [], 0  # blank is class 0; digit d is class d + 1
+        for c in row.tolist():
+            if c != prev and c != 0:
+                seq.append(c - 1)
+            prev = c
+        out.append(seq)
+    return out
+
+
+def trained_accuracy(name: str, out: np.ndarray, labels: np.ndarray) -> float:
+    """Held-out accuracy of a trained test model's output (the recognizer: greedy CTC sequence match)."""
+    if name == "recognizer":
+        return float(np.mean([s == l for s, l in zip(ctc_greedy(out), labels.tolist())]))
+    return float((out.argmax(1) == labels).mean())

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 
 import compiler
-from conftest import DATA
+from conftest import DATA, trained_accuracy
 
 MODELS = {"mobilenet": "mobilenet_digits.onnx", "recognizer": "recognizer_digits.onnx"}
 # mode -> (minimum top-1 agreement with fp32, maximum file size as a fraction of fp32)
@@ -26,20 +26,6 @@ def _run(model: bytes, x: np.ndarray) -> np.ndarray:
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
-
-
-def _accuracy(key: str, probs: np.ndarray, labels: np.ndarray) -> float:
-    if key != "recognizer":
-        return float((probs.argmax(-1) == labels).mean())
-    decoded = []
-    for row in probs.argmax(-1):  # greedy CTC: merge repeats, drop blanks (class 0); digit d is class d + 1
-        seq, prev = [], 0
-        for c in row:
-            if c != prev and c != 0:
-                seq.append(int(c) - 1)
-            prev = c
-        decoded.append(seq)
-    return float(np.mean([s == list(t) for s, t in zip(decoded, labels)]))
 
 
 @pytest.mark.parametrize("mode", sorted(BARS))
@@ -57,4 +43,4 @@ def test_quantized_trained_model(key: str, mode: str) -> None:
     min_agreement, max_size = BARS[mode]
     assert agreement >= min_agreement, f"{key} {mode}: top-1 agreement {agreement:.4f}"
     assert len(data) <= max_size * os.path.getsize(path), f"{key} {mode}: {len(data) / len(original):.1%} of fp32"
-    assert _accuracy(key, out, y) >= _accuracy(key, ref, y) - 0.005
+    assert trained_accuracy(key, out, y) >= trained_accuracy(key, ref, y) - 0.005

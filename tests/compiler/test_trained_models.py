@@ -14,6 +14,7 @@ from functools import cache
 import numpy as np
 import onnx
 import pytest
+from conftest import trained_accuracy as accuracy
 from conftest import DATA, ort_run, rel_err
 
 import compiler
@@ -36,25 +37,6 @@ def _model(name: str) -> onnx.ModelProto:
 
 def _census(name: str) -> Counter[str]:
     return Counter(n.op_type for n in _model(name).graph.node)
-
-
-def ctc_greedy(probs: np.ndarray) -> list[list[int]]:
-    """[N, T, VOCAB] -> digit sequences: best class per position, repeats collapsed, blanks dropped."""
-    out = []
-    for row in probs.argmax(-1):
-        seq, prev = [], BLANK
-        for c in row.tolist():
-            if c != prev and c != BLANK:
-                seq.append(c - 1)
-            prev = c
-        out.append(seq)
-    return out
-
-
-def accuracy(name: str, out: np.ndarray, labels: np.ndarray) -> float:
-    if name == "recognizer":
-        return float(np.mean([s == l for s, l in zip(ctc_greedy(out), labels.tolist())]))
-    return float((out.argmax(1) == labels).mean())
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
