@@ -120,9 +120,13 @@ def _grouped_matmul(w: np.ndarray, cols: np.ndarray, group: int) -> np.ndarray:
 
 
 def _float_compute(*arrays: np.ndarray | None) -> tuple[np.dtype, list[np.ndarray | None]]:
-    """(result dtype, arrays cast to the accumulation dtype): narrow floats compute in float32."""
+    """(result dtype, arrays cast to the accumulation dtype): floats accumulate in float64.
+
+    The reference rounds once to the result type, so its answer does not depend on how BLAS tiles a
+    product: channels with equal inputs and weights give exactly equal outputs, as in exact math.
+    """
     dt = arrays[0].dtype  # type: ignore[union-attr]
-    acc = acc_dtype(dt)
+    acc = np.dtype(np.float64) if dt.kind == "f" or acc_dtype(dt).kind == "f" else acc_dtype(dt)
     return dt, [None if a is None else a.astype(acc, copy=False) for a in arrays]
 
 
