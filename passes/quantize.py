@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ir import DType, Graph, Node, Tensor, TensorType, Value, infer_node, infer_shapes
-from ir.ops import constant_value
+from ir.ops import EvalContext, constant_value, get_op
 
 from .base import Pass, PipelineError, register_pass
 from .calibrate import DEFAULT_PERCENTILE, Histogram, collect_statistics, compute_range
@@ -568,6 +568,15 @@ def quantize_static(
     return report
 
 
+def _quantize_scalar(value: float, p: QParams) -> int:
+    """QuantizeLinear of one value, by the op's own definition (rounding and saturation live there)."""
+    op = get_op("QuantizeLinear")
+    attrs = op.resolve_attrs({}, 21)
+    q = op.reference(EvalContext(None, 21), np.array(value, np.float32), np.float32(p.scale),
+                     np.array(p.zero_point, p.dtype.np), **attrs)
+    return int(q)
+
+
 def _fold_activations(graph: Graph, plan: _Plan, params: dict[int, QParams]) -> list[str]:
     """Remove Relu/Clip whose input is quantized with the output's parameters anyway: when the
     output's zero point is the type's minimum (and Clip's max saturates), Q(act(x)) == Q(x) exactly."""
@@ -582,8 +591,7 @@ def _fold_activations(graph: Graph, plan: _Plan, params: dict[int, QParams]) -> 
         p = params[id(y)]
         qmin, qmax = _QRANGE[p.dtype]
         lo, hi = clip_bounds(n) if n.op_type == "Clip" else (0.0, math.inf)  # type: ignore[misc]
-        q = lambda t: np.clip(np.rint(t / float(p.scale)) + p.zero_point, qmin, qmax)  # noqa: E731
-        if not (lo <= 0.0 and q(lo) == qmin and (hi == math.inf or q(hi) == qmax)):
+        if not (lo <= 0.0 and _quantize_scalar(lo, p) == qmin and (hi == math.inf or _quantize_scalar(hi, p) == qmax)):
             continue
         params[id(x)] = p
         graph.replace_all_uses(y, x)
