@@ -24,17 +24,18 @@ def verify(graph: Graph, check_ops: bool = True) -> None:
 def _verify(graph: Graph, names: dict[str, Value], outer: set[int], check_ops: bool) -> None:
     defined: set[int] = set(outer)
 
-    def define(v: Value, what: str) -> None:
+    def define(v: Value, what: str, may_shadow: bool = False) -> None:
         if not v.name:
             raise VerificationError(f"{what} has an empty name in graph {graph.name!r}")
         other = names.get(v.name)
-        if other is not None and other is not v:
+        if other is not None and other is not v and not may_shadow:
             raise VerificationError(f"value name {v.name!r} is assigned twice (SSA broken)")
         names[v.name] = v
         defined.add(id(v))
 
     for v in graph.inputs:
-        define(v, "an input")
+        # ONNX lets a subgraph's formal inputs shadow outer names; node outputs never may (SSA).
+        define(v, "an input", may_shadow=graph.parent is not None)
         if not isinstance(v.type, TensorType) and v.type is None and graph.parent is None:
             raise VerificationError(f"graph input {v.name!r} has no type")
     for v in graph.initializers.values():

@@ -10,6 +10,7 @@ Pipelines are text: `"dce,remove-identity"`, with options in braces: `"fuse{max-
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import sys
 import time
@@ -222,8 +223,10 @@ def run(graph: Graph, pipeline: str | list[Pass] = "default", *, verify_each: bo
         timings: dict[str, float] | None = None) -> Graph:
     """Run a text pipeline (or pass list) on `graph`; returns the graph (edited in place).
 
-    `timings`, when given, receives the seconds spent in each pass (summed by pass name).
+    `timings`, when given, receives the seconds spent in each pass (summed by pass name). With
+    MCC_VERIFY=1 in the environment (the test suite sets it) every pass is verified.
     """
+    verify_each = verify_each or os.environ.get("MCC_VERIFY") == "1"
     passes = parse_pipeline(pipeline) if isinstance(pipeline, str) else pipeline
     pm = PassManager(passes, verify_each, fixpoint, dump_ir_after=dump_ir_after or set())
     graph = pm.run(graph)

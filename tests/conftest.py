@@ -12,6 +12,7 @@ from typing import Any
 # One BLAS thread: on a shared 2-core machine, oversubscribed BLAS threads make the reference
 # interpreter's matmuls up to 100x slower; set before numpy loads its BLAS.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ["MCC_VERIFY"] = "1"  # every pass of every pipeline a test runs is followed by the IR verifier
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402

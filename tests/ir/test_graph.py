@@ -109,3 +109,19 @@ def test_broadcast_shapes_symbolic() -> None:
     assert broadcast_shapes(("N", 1, 4), (3, 1)) == ("N", 3, 4)
     assert broadcast_shapes(("N", 4), ("M", 4)) == (None, 4)
     assert broadcast_shapes(("N", 4), None) is None
+
+
+def test_subgraph_inputs_may_shadow_but_outputs_may_not() -> None:
+    g, add, relu = _chain()
+    body = Graph("body", parent=g)
+    inner = body.add_input("x_shadow", TensorType(DType.FLOAT, (4,)))
+    inner.name = "x"  # the same name as the outer input: allowed for a formal input
+    neg = Node("Neg", [inner], 1)
+    body.append(neg)
+    body.outputs = [neg.outputs[0]]
+    holder = Node("Identity", [relu.outputs[0]], 1, {"body": body})
+    g.append(holder)
+    ir.verify(g)
+    neg.outputs[0].name = add.outputs[0].name  # a node output reusing an outer name breaks SSA
+    with pytest.raises(ir.VerificationError, match="assigned twice"):
+        ir.verify(g)
