@@ -368,6 +368,22 @@ class Graph:
         for g in _graphs_owning_output(old):
             g.outputs = [new if o is old else o for o in g.outputs]
 
+    def can_carry_name(self, v: Value) -> bool:
+        """Whether `v` may take over a graph output's public name: a node output of this graph that is
+        not already an output (an output may not alias an input, an initializer or another output)."""
+        return v.producer is not None and v.producer.graph is self and not v.is_graph_output
+
+    def replace_value(self, old: Value, new: Value) -> None:
+        """`replace_all_uses`, keeping public names: when `old` is an output of this graph and `new` can
+        carry its name, `new` takes it (and `old`, about to die, gets a fresh one)."""
+        moves = old.is_graph_output and self.can_carry_name(new)
+        self.replace_all_uses(old, new)
+        if moves:
+            name = old.name
+            old.name = self.unique_name(f"{name}_replaced")
+            new.name = name
+            new.type = new.type if new.type is not None else old.type
+
     # -- order --------------------------------------------------------------------------------
     def sort(self) -> None:
         """Re-order nodes topologically (stable): needed only after edits that break the order."""

@@ -55,18 +55,10 @@ class RemoveIdentity(Pass):
             x, y = node.inputs[0], node.outputs[0]
             if x is None:
                 continue
-            if y.is_graph_output:
-                if x.producer is None or x.producer.graph is not graph or x.is_graph_output:
-                    continue
-                y_name = y.name
-                graph.replace_all_uses(y, x)
-                graph.remove(node)
-                x.name = y_name
-                if x.type is None:
-                    x.type = y.type
-            else:
-                graph.replace_all_uses(y, x)
-                graph.remove(node)
+            if y.is_graph_output and not graph.can_carry_name(x):
+                continue  # the output's name could not survive: keep the Identity
+            graph.replace_value(y, x)
+            graph.remove(node)
             changed = True
         return changed
 

@@ -198,8 +198,7 @@ def _outline(graph: Graph, group: list[Node], kind: Kind) -> Node:
         new.type = old.type
         name = old.name
         graph.replace_all_uses(old, new)
-        old.name = graph.unique_name(f"{name}_unfused")
-        new.name = name
+        old.name, new.name = graph.unique_name(f"{name}_unfused"), name  # every escaping value keeps its name
     for n in reversed(group):
         graph.remove(n)
     return fused
@@ -237,10 +236,5 @@ def _inline(graph: Graph, fused: Node) -> None:
             new.type = old.type
             mapping[id(old)] = new
     for out, inner in zip(fused.outputs, body.outputs):
-        new = mapping.get(id(inner), inner)
-        name = out.name
-        graph.replace_all_uses(out, new)
-        if new.producer is not None and new.producer.graph is graph and not new.is_graph_input:
-            out.name = graph.unique_name(f"{name}_fused")
-            new.name = name
+        graph.replace_value(out, mapping.get(id(inner), inner))
     graph.remove(fused)

@@ -215,7 +215,7 @@ def apply_rules(graph: Graph, rules: Sequence[Rule], max_rounds: int = 16) -> in
                 for old, repl in zip(node.outputs, new):
                     if repl.type is None:
                         repl.type = old.type
-                    _replace_keeping_output_name(graph, old, repl)
+                    graph.replace_value(old, repl)
                 for n in m.nodes:  # root first: each removal frees its producers
                     if n.graph is graph and not any(v.uses or v.is_graph_output for v in n.outputs):
                         graph.remove(n)
@@ -229,12 +229,3 @@ def apply_rules(graph: Graph, rules: Sequence[Rule], max_rounds: int = 16) -> in
             break
     return total
 
-
-def _replace_keeping_output_name(graph: Graph, old: Value, new: Value) -> None:
-    """Rewire readers of `old` to `new`; a graph output keeps its public name."""
-    was_output = old.is_graph_output
-    name = old.name
-    graph.replace_all_uses(old, new)
-    if was_output and new.producer is not None and not new.is_graph_input:
-        old.name = graph.unique_name(f"{name}_replaced")
-        new.name = name

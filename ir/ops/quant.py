@@ -7,14 +7,14 @@ int32, which is what an int32 accumulator would hold. Rounding is half-to-even (
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 
 from ..types import DType, Shape, TensorType, ValueType
-from .core import Attr, InferContext, Kind, broadcast_shapes, defop, numel
+from .core import InferContext, Kind, broadcast_shapes, defop, numel
+from .nn import _CONV_ATTRS, _conv_geometry, conv
 
 _INT_RANGES: dict[DType, tuple[int, int]] = {
     DType.UINT8: (0, 255), DType.INT8: (-128, 127), DType.UINT16: (0, 65535), DType.INT16: (-32768, 32767),
@@ -261,61 +261,11 @@ def qlinear_matmul(ctx, a: np.ndarray, a_scale: np.ndarray, a_zero_point: np.nda
     return _requantize(acc, ratio, y_zero_point, a.dtype)
 
 
-_CONV_ATTRS = {"auto_pad": "NOTSET", "dilations": Attr(None, type="ints"), "group": 1,
-               "kernel_shape": Attr(None, type="ints"), "pads": Attr(None, type="ints"),
-               "strides": Attr(None, type="ints")}
 
-
-def _conv_geometry(spatial: Sequence[Any], kernel: Sequence[int], auto_pad: str, dilations: Sequence[int] | None,
-                   pads: Sequence[int] | None, strides: Sequence[int] | None
-                   ) -> tuple[list[int], list[int], list[int], list[Any]]:
-    """(strides, dilations, pads [begins..., ends...], output spatial dims) for a conv."""
-    n = len(kernel)
-    st = list(strides or [1] * n)
-    dil = list(dilations or [1] * n)
-    pd = list(pads or [0] * (2 * n))
-    out: list[Any] = []
-    for i, (s, k) in enumerate(zip(spatial, kernel)):
-        ext = (k - 1) * dil[i] + 1
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            if not isinstance(s, int):
-                out.append(None)
-                continue
-            o = -(-s // st[i])
-            total = max(0, (o - 1) * st[i] + ext - s)
-            lo = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
-            pd[i], pd[i + n] = lo, total - lo
-            out.append(o)
-            continue
-        if auto_pad == "VALID":
-            pd[i] = pd[i + n] = 0
-        elif auto_pad != "NOTSET":
-            raise NotImplementedError(f"Conv: auto_pad {auto_pad!r} is not supported")
-        out.append((s + pd[i] + pd[i + n] - ext) // st[i] + 1 if isinstance(s, int) else None)
-    return st, dil, pd, out
-
-
-def int_conv(x: np.ndarray, w: np.ndarray, *, group: int, auto_pad: str, dilations: Sequence[int] | None,
-             pads: Sequence[int] | None, strides: Sequence[int] | None,
-             kernel_shape: Sequence[int] | None) -> np.ndarray:
-    """N-d grouped conv of centered integer tensors by im2col, exact int32 result (padding is 0)."""
-    n = x.ndim - 2
-    kernel = list(kernel_shape or w.shape[2:])
-    if list(w.shape[2:]) != kernel:
-        raise ValueError(f"kernel_shape {kernel} does not match weights {w.shape}")
-    st, dil, pd, out = _conv_geometry(x.shape[2:], kernel, auto_pad, dilations, pads, strides)
-    xp = np.pad(x.astype(np.float64), [(0, 0), (0, 0)] + [(pd[i], pd[i + n]) for i in range(n)])
-    ext = [(k - 1) * d + 1 for k, d in zip(kernel, dil)]
-    win = np.lib.stride_tricks.sliding_window_view(xp, ext, axis=tuple(range(2, 2 + n)))
-    win = win[(slice(None), slice(None)) + tuple(slice(None, o * s, s) for o, s in zip(out, st))
-              + tuple(slice(None, None, d) for d in dil)]  # (N, C, *out, *kernel)
-    nb, c = x.shape[:2]
-    m, cg = w.shape[0], c // group
-    p, kk = int(np.prod(out, dtype=np.int64)), int(np.prod(kernel, dtype=np.int64))
-    cols = win.reshape(nb, group, cg, p, kk).transpose(0, 1, 3, 2, 4).reshape(nb, group, p, cg * kk)
-    wg = w.astype(np.float64).reshape(group, m // group, cg * kk)
-    y = np.matmul(cols, wg.transpose(0, 2, 1)[None])  # (N, G, P, M/G)
-    y = y.transpose(0, 1, 3, 2).reshape(nb, m, *out)
+def int_conv(x: np.ndarray, w: np.ndarray, **attrs: Any) -> np.ndarray:
+    """Grouped N-d conv of centered integer tensors, exact in int32: the one Conv definition, whose
+    float64 accumulation holds every int8 x int8 partial sum exactly."""
+    y = conv(None, x.astype(np.float64), w.astype(np.float64), None, **attrs)
     return y.astype(np.int64).astype(np.int32)
 
 
@@ -344,9 +294,9 @@ def _conv_infer(ix: int, iw: int, dtype: DType | None = None, dtype_from: int | 
         kernel = attrs.get("kernel_shape") or list(tw.shape[2:])
         if not all(isinstance(k, int) for k in kernel):
             return [TensorType(dt, (tx.shape[0], tw.shape[0]) + (None,) * (len(tx.shape) - 2))]
-        *_, out = _conv_geometry(tx.shape[2:], kernel, attrs.get("auto_pad") or "NOTSET", attrs.get("dilations"),
-                                 attrs.get("pads"), attrs.get("strides"))
-        return [TensorType(dt, (tx.shape[0], tw.shape[0]) + tuple(out))]
+        _, _, geo = _conv_geometry(tx.shape, kernel, attrs.get("auto_pad") or "NOTSET", attrs.get("dilations"),
+                                   attrs.get("pads"), attrs.get("strides"))
+        return [TensorType(dt, (tx.shape[0], tw.shape[0]) + tuple(o for o, _, _ in geo))]
 
     return infer
 

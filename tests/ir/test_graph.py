@@ -125,3 +125,16 @@ def test_subgraph_inputs_may_shadow_but_outputs_may_not() -> None:
     neg.outputs[0].name = add.outputs[0].name  # a node output reusing an outer name breaks SSA
     with pytest.raises(ir.VerificationError, match="assigned twice"):
         ir.verify(g)
+
+
+def test_replace_value_moves_an_output_name_only_where_it_can() -> None:
+    g, add, relu = _chain()
+    out_name = relu.outputs[0].name
+    neg = g.make_node("Neg", [add.outputs[0]], before=relu)
+    g.replace_value(relu.outputs[0], neg.outputs[0])
+    g.remove(relu)
+    assert g.outputs[0] is neg.outputs[0] and neg.outputs[0].name == out_name
+    ir.verify(g)
+    x = g.inputs[0]
+    g.replace_value(neg.outputs[0], x)  # an input cannot carry an output's name: the output becomes x
+    assert g.outputs[0] is x and x.name == "x"
