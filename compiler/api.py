@@ -7,6 +7,7 @@ import io
 import json
 import os
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,10 @@ from .onnx_export import export_onnx
 from .onnx_import import import_onnx
 from .report import write_report
 
-TARGETS = ("reference",)
+TARGETS = ("cpu", "reference")
 #: --quantize words -> passes.quantize modes.
 QUANTIZE_MODES = {"int8": "int8", "dynamic": "int8-dynamic", "fp16": "fp16"}
-ARTIFACT_FORMAT = 1
+ARTIFACT_FORMAT = 2
 
 
 def _as_graph(model: str | os.PathLike[str] | onnx.ModelProto | Graph) -> Graph:
@@ -160,29 +161,44 @@ def _nonzeros(g: Graph) -> int:
 
 def compile(  # noqa: A001 - the public name DESIGN.md fixes
     model: str | os.PathLike[str] | onnx.ModelProto | Graph,
-    target: str = "reference",
+    target: str = "cpu",
     pipeline: str = "default",
+    *,
+    threads: int | None = None,
     **pass_options: Any,
 ) -> CompiledModel:
     """Optimize and lower a model for `target`; returns a runnable CompiledModel.
 
-    `pass_options` (verify, dump_ir_after, timings) are those of `compress`.
+    `threads` caps the threads kernels use (default: MCC_NUM_THREADS, else every core).
+    `pass_options` (verify, dump_ir_after, timings and the compression options) are those of `compress`.
     """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
     g = compress(model, pipeline, **pass_options)
-    return CompiledModel(g, target)
+    m = CompiledModel(g, target, threads=threads)
+    m.warm()
+    return m
 
 
 class CompiledModel:
     """A model ready to run: `run(feeds)` returns a dict of outputs in graph order."""
 
-    def __init__(self, graph: Graph, target: str = "reference") -> None:
+    def __init__(self, graph: Graph, target: str = "cpu", threads: int | None = None) -> None:
         self.graph = graph
         self.target = target
         self._interp = ir.Interpreter()
         self.inputs = [v for v in graph.inputs if v.const is None]
         self.outputs = list(graph.outputs)
+        self.native: Any = None
+        if target == "cpu":
+            from codegen.cpu import CpuModel
+
+            self.native = CpuModel(graph, threads=threads)
+
+    def warm(self) -> None:
+        """Generate and compile code now for the inputs' static shapes (symbolic ones wait for run)."""
+        if self.native is not None:
+            self.native.warm()
 
     @property
     def input_names(self) -> list[str]:
@@ -195,28 +211,84 @@ class CompiledModel:
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run on `feeds` (input name -> array); checks names, dtypes and shapes first."""
         arrays = check_feeds(self.graph, feeds)
-        outs = self._interp.run(self.graph, arrays)
+        if self.native is not None:
+            outs = self.native.run([arrays[v.name] for v in self.inputs])
+        else:
+            outs = self._interp.run(self.graph, arrays)
         return {v.name: o for v, o in zip(self.outputs, outs)}
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the artifact: a zip with manifest.json and the graph as ONNX (no pickle)."""
-        manifest = {
+        """Write the artifact: a zip of manifest.json, graph.onnx and, for native targets, the
+        generated sources, weights.npz (packed constants) and fallback nodes as ONNX. No pickle;
+        the same model and options give the same bytes."""
+        manifest: dict[str, Any] = {
             "format": ARTIFACT_FORMAT,
             "mcc_version": _version(),
             "target": self.target,
             "inputs": [_describe(v) for v in self.inputs],
             "outputs": [_describe(v) for v in self.outputs],
         }
+        members: dict[str, bytes] = {}
+        if self.native is not None:
+            manifest.update(_save_native(self.native, members))
         model = export_onnx(self.graph).SerializeToString(deterministic=True)
         write_atomic(path, _zip({"manifest.json": json.dumps(manifest, indent=2, sort_keys=True).encode(),
-                                 "graph.onnx": model}))
+                                 "graph.onnx": model, **members}))
+
+    def fallback_ops(self) -> dict[str, int]:
+        """Ops that run through their reference semantics instead of a native kernel, with counts
+        (for the shapes compiled so far)."""
+        if self.native is None:
+            return {}
+        total: dict[str, int] = {}
+        for spec in self.native.specializations.values():
+            for op, n in spec.fallback_ops.items():
+                total[op] = max(total.get(op, 0), n)
+        return dict(sorted(total.items()))
 
     def __repr__(self) -> str:
         return f"CompiledModel(target={self.target!r}, inputs={self.input_names}, outputs={self.output_names})"
 
 
-def load(path: str | os.PathLike[str]) -> CompiledModel:
-    """Load an artifact written by `CompiledModel.save`."""
+def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+    """An .npz (a zip of .npy files) with fixed timestamps: numpy's own savez stamps the time."""
+    members = {}
+    for name, a in arrays.items():
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+        members[f"{name}.npy"] = buf.getvalue()
+    return _zip(members, compress=False)
+
+
+def _save_native(model: Any, members: dict[str, bytes]) -> dict[str, Any]:
+    from codegen.cpu import fallback_graph, host_cpu
+
+    arrays: dict[str, np.ndarray] = {}
+    specs = []
+    for i, spec in enumerate(model.specializations.values()):
+        em = spec.emitted
+        for module, source in {**em.kernels, em.module: em.source}.items():
+            members[f"sources/{module}.py"] = source.encode()
+        arrays[f"consts_{i}"] = spec.consts
+        for j, c in enumerate(em.py_consts):
+            arrays[f"k_{i}_{j}"] = np.asarray(c)
+        fallbacks = []
+        for j, call in enumerate(em.fallbacks):
+            name = f"fallback/{i}_{j}.onnx"
+            members[name] = export_onnx(fallback_graph(call)).SerializeToString(deterministic=True)
+            fallbacks.append(name)
+        specs.append({"shapes": {k: list(v) for k, v in spec.shapes.items()}, "driver": em.module,
+                      "kernels": sorted(em.kernels), "arena_bytes": spec.arena_bytes,
+                      "py_consts": len(em.py_consts), "fallbacks": fallbacks,
+                      "fallback_ops": dict(sorted(spec.fallback_ops.items()))})
+    members["weights.npz"] = _npz(arrays)
+    return {"host": host_cpu(), "specializations": specs}
+
+
+def load(path: str | os.PathLike[str], threads: int | None = None) -> CompiledModel:
+    """Load an artifact written by `CompiledModel.save`; native code comes from the kernel cache
+    (or is compiled once if the cache lacks it). A cpu artifact only loads on the CPU and Numba it
+    was built for."""
     p = Path(path)
     if not p.is_file():
         raise ArtifactError(f"{p}: no such artifact")
@@ -224,10 +296,13 @@ def load(path: str | os.PathLike[str]) -> CompiledModel:
         with zipfile.ZipFile(p) as z:
             manifest = json.loads(z.read("manifest.json"))
             model = z.read("graph.onnx")
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError):
+            names = set(z.namelist())
+            extra = {n: z.read(n) for n in names if n.startswith(("sources/", "fallback/")) or n == "weights.npz"}
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError, zlib.error):
         raise ArtifactError(f"{p}: not an mcc artifact (corrupt, truncated, or another kind of file)") from None
-    if manifest.get("format") != ARTIFACT_FORMAT:
-        raise ArtifactError(f"{p}: artifact format {manifest.get('format')} is not supported by mcc {_version()}; recompile it")
+    if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
+        fmt = manifest.get("format") if isinstance(manifest, dict) else None
+        raise ArtifactError(f"{p}: artifact format {fmt} is not supported by mcc {_version()}; recompile it")
     target = manifest.get("target")
     if target not in TARGETS:
         raise ArtifactError(f"{p}: artifact was built for target {target!r}, which this mcc cannot run")
@@ -235,7 +310,50 @@ def load(path: str | os.PathLike[str]) -> CompiledModel:
         g = import_onnx(model)
     except ModelLoadError as e:
         raise ArtifactError(f"{p}: the artifact's graph is corrupt ({e})") from None
-    return CompiledModel(g, target)
+    m = CompiledModel(g, target, threads=threads)
+    if target == "cpu":
+        _load_native(p, m, manifest, extra)
+    return m
+
+
+def _load_native(p: Path, m: CompiledModel, manifest: dict[str, Any], extra: dict[str, bytes]) -> None:
+    from codegen.cpu import host_cpu
+    from codegen.cpu.emit import Emitted
+    from codegen.cpu.runtime import fallback_fn
+    from codegen.program import Call, Use
+
+    built, here = manifest.get("host") or {}, host_cpu()
+    if built.get("mcc_version", manifest.get("mcc_version")) != _version():
+        raise ArtifactError(f"{p}: built by mcc {manifest.get('mcc_version')}, this is mcc {_version()}; recompile it")
+    for key in ("name", "features", "numba", "llvmlite"):
+        if built.get(key) != here[key]:
+            what = {"name": "CPU", "features": "CPU features", "numba": "Numba", "llvmlite": "llvmlite"}[key]
+            raise ArtifactError(f"{p}: built for {what} {_short(built.get(key))}, this machine has {_short(here[key])}; "
+                                f"recompile it here with `mcc compile`")
+    try:
+        with np.load(io.BytesIO(extra["weights.npz"]), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        for i, spec in enumerate(manifest["specializations"]):
+            kernels = {k: extra[f"sources/{k}.py"].decode() for k in spec["kernels"]}
+            source = extra[f"sources/{spec['driver']}.py"].decode()
+            py_consts = [arrays[f"k_{i}_{j}"] for j in range(spec["py_consts"])]
+            fns, calls = [], []
+            for name in spec["fallbacks"]:
+                fg = import_onnx(extra[name])
+                node = fg.nodes[0]
+                fns.append(fallback_fn(node, list(fg.inputs)))
+                calls.append(Call(node, None, [Use(v) for v in fg.inputs], list(node.outputs)))
+            em = Emitted(spec["driver"], source, kernels, calls, py_consts)
+            shapes = {k: tuple(v) for k, v in spec["shapes"].items()}
+            m.native.load(shapes, em, arrays[f"consts_{i}"], int(spec["arena_bytes"]), fns, calls)
+    except (KeyError, ValueError, TypeError, ModelLoadError, zipfile.BadZipFile) as e:
+        raise ArtifactError(f"{p}: the artifact is incomplete or corrupt ({type(e).__name__}: {e}); recompile it") from None
+
+
+def _short(x: Any) -> str:
+    if isinstance(x, list):
+        return "[" + ", ".join(map(str, x)) + "]"
+    return str(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,12 +413,15 @@ def _version() -> str:
     return __version__
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    """A zip archive of `members` with fixed timestamps, so the same artifact gives the same bytes."""
+def _zip(members: dict[str, bytes], compress: bool = True) -> bytes:
+    """A zip archive of `members` with fixed timestamps, so the same artifact gives the same bytes.
+
+    Weights are stored uncompressed: loading must be fast, and float weights barely deflate.
+    """
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in members.items():
+        for name, data in sorted(members.items()):
             info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
+            info.compress_type = zipfile.ZIP_DEFLATED if compress and not name.endswith(".npz") else zipfile.ZIP_STORED
             z.writestr(info, data)
     return buf.getvalue()

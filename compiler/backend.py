@@ -32,9 +32,9 @@ class BackendRep(_BackendRep):
 
 
 class Backend(_Backend):
-    """Runs ONNX models through mcc (`target` as in `compile`, default the reference target)."""
+    """Runs ONNX models through mcc (`target` as in `compile`, default the native cpu target)."""
 
-    target = "reference"
+    target = "cpu"
 
     @classmethod
     def is_compatible(cls, model: onnx.ModelProto, device: str = "CPU", **kwargs: Any) -> bool:

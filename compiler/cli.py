@@ -1,17 +1,23 @@
-"""The `mcc` command line: inspect, compress, compile, run.
+"""The `mcc` command line: inspect, compress, compile, run, bench.
 
 Every failure the user can cause (a bad file, option, input or op) prints one line
 `mcc: error: ...` on stderr and exits non-zero; `--debug` shows the traceback instead. Output files
 are written to a temporary name and renamed at the end, so a failure leaves nothing behind.
+
+Threads: every core by default, `--threads N` (compile, run, bench) or MCC_NUM_THREADS otherwise. The
+number goes to compile(threads=...), caps numpy's BLAS pool, and is exported as MCC_NUM_THREADS while
+the command runs, so artifacts loaded by `run`/`bench` use it too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +27,7 @@ import ir
 import passes
 
 from .api import TARGETS, CompiledModel, compile, compress, load
+from .bench import AGAINST, DEFAULT_TARGET, bench_model, blas_limit, describe, parse_shapes, resolve_threads
 from .facts import fmt_count, model_facts
 from .files import write_atomic
 from .errors import InputError, MccError
@@ -57,10 +64,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     lowered = compress(g, args.passes or "default", **_pass_options(args))
     _report_timings(args)
     facts = model_facts(g, kernels=len(lowered.nodes))
+    from codegen.cpu import native_report
+
+    facts["cpu"] = native_report(lowered)
     if args.json:
         print(json.dumps(facts, indent=2))
     else:
         _print_facts(args.model, facts)
+        cpu = facts["cpu"]
+        print(f"cpu      {cpu['native']} native kernel calls; " + _fallback_line(cpu["fallback_ops"]))
     return 0
 
 
@@ -77,17 +89,28 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     out = _check_output(args.output, (".mcc",))
-    m = compile(args.model, target=args.target, pipeline=args.passes, **_compression(args), **_pass_options(args))
+    m = compile(args.model, target=args.target, pipeline=args.passes, threads=args.threads_n, **_compression(args),
+                **_pass_options(args))
     _report_timings(args)
     m.save(out)
     print(f"wrote {out} (target {m.target})")
+    if m.target == "cpu":
+        print(_fallback_line(m.fallback_ops()))
     return 0
+
+
+def _fallback_line(ops: dict[str, int]) -> str:
+    if not ops:
+        return "every op runs as a native kernel"
+    listed = ", ".join(f"{op} x{n}" for op, n in ops.items())
+    return f"{sum(ops.values())} node(s) run through the reference (no native kernel): {listed}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     out = _check_output(args.output, (".npz",)) if args.output else None
     path = Path(args.model)
-    m: CompiledModel = load(path) if path.suffix == ".mcc" else compile(path, target=args.target)
+    m: CompiledModel = (load(path, threads=args.threads_n) if path.suffix == ".mcc"
+                        else compile(path, target=args.target, threads=args.threads_n))
     feeds: dict[str, np.ndarray] = {}
     for item in args.input or []:
         if "=" not in item:
@@ -104,6 +127,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         a = np.asarray(arr)
         head = np.array2string(a.reshape(-1)[:6], precision=5, separator=", ")
         print(f"{name}: {a.dtype}{list(a.shape)} {head}{' ...' if a.size > 6 else ''}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    options = {k: v for k, v in _compression(args).items() if v not in (None, (), False) and k != "sparsity_pattern"}
+    if args.sparsity:
+        options["sparsity_pattern"] = args.sparsity_pattern
+    result = bench_model(args.model, threads=args.threads_n, against=args.against, target=args.target,
+                         warmup=args.warmup, repeat=args.repeat, shapes=parse_shapes(args.shape or []),
+                         measure_peak=not args.no_peak, progress=sys.stderr.isatty(), name=args.model, **options)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else describe(result))
     return 0
 
 
@@ -175,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_inspect)
 
+    def threads(p: argparse.ArgumentParser) -> None:
+        # Parsed as text and checked in main(), so a bad value gets mcc's one-line error.
+        p.add_argument("--threads", metavar="N", help="threads to run on (default: MCC_NUM_THREADS, else every core)")
+
     def compression(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("compression")
         g.add_argument("--channel-prune", type=float, metavar="R", help="remove a fraction R of the MACs by removing whole channels")
@@ -204,9 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="optimize and generate code; write an .mcc artifact")
     p.add_argument("model", help="an ONNX file")
     p.add_argument("-o", "--output", required=True, metavar="OUT.mcc")
-    p.add_argument("--target", choices=TARGETS, default="reference")
+    p.add_argument("--target", choices=TARGETS, default="cpu", help="code generation target (default: %(default)s)")
     p.add_argument("--passes", metavar="PIPELINE", default="default", help="pass pipeline (default: %(default)s)")
     compression(p)
+    threads(p)
     common(p)
     p.set_defaults(func=cmd_compile)
 
@@ -214,9 +253,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="an ONNX file or an .mcc artifact")
     p.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="an input (repeat per input)")
     p.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs here")
-    p.add_argument("--target", choices=TARGETS, default="reference", help="target when MODEL is ONNX")
+    p.add_argument("--target", choices=TARGETS, default="cpu", help="target when MODEL is ONNX (default: %(default)s)")
+    threads(p)
     common(p, pipeline=False)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", help="latency, and the ratio to onnxruntime measured in the same process")
+    p.add_argument("model", help="an ONNX file or an .mcc artifact")
+    p.add_argument("--against", choices=AGAINST, help="also time this runtime on the same model, interleaved")
+    threads(p)
+    p.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET, help="target when MODEL is ONNX (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=20, metavar="N", help="timed runs of each runtime (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed runs first (default: %(default)s)")
+    p.add_argument("--shape", action="append", metavar="NAME=DIMS",
+                   help="an input's shape (image=1x3x224x224) or a symbolic dim's size (batch=4); other symbolic dims are 1")
+    p.add_argument("--no-peak", action="store_true", help="skip measuring the machine's fp32 peak")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    compression(p)
+    common(p, pipeline=False)
+    p.set_defaults(func=cmd_bench)
     return ap
 
 
@@ -227,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.print_help()
         return EXIT_USAGE
     try:
-        with _blas_threads():
+        args.threads_n = resolve_threads(getattr(args, "threads", None))
+        with _blas_threads(args.threads_n), _threads_env(getattr(args, "threads", None) and args.threads_n):
             return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("mcc: interrupted", file=sys.stderr)
@@ -239,20 +295,31 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
 
 
-def _blas_threads() -> Any:
-    """Cap numpy's BLAS threads at MCC_NUM_THREADS (default 1) while a command runs.
+def _blas_threads(n: int) -> Any:
+    """Cap numpy's BLAS threads at the command's thread count while it runs.
 
-    The reference interpreter issues many small matmuls: threaded BLAS gains little there and, on a
-    busy machine, oversubscribed threads make it up to 100x slower.
+    The reference interpreter issues many small matmuls: more BLAS threads than the command may use
+    oversubscribe the cores, which on a busy machine makes it up to 100x slower. The cap never raises
+    the pool above its current size (a user's OPENBLAS_NUM_THREADS stays in force).
     """
-    from threadpoolctl import threadpool_limits
+    return blas_limit(n)
 
-    raw = os.environ.get("MCC_NUM_THREADS", "1")
+
+@contextlib.contextmanager
+def _threads_env(n: int | None) -> Iterator[None]:
+    """Export --threads as MCC_NUM_THREADS while the command runs (restored after: main() may run in-process)."""
+    if not n:
+        yield
+        return
+    old = os.environ.get("MCC_NUM_THREADS")
+    os.environ["MCC_NUM_THREADS"] = str(n)
     try:
-        n = max(1, int(raw))
-    except ValueError:
-        raise MccError(f"MCC_NUM_THREADS={raw!r} is not a number of threads") from None
-    return threadpool_limits(limits=n, user_api="blas")
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MCC_NUM_THREADS", None)
+        else:
+            os.environ["MCC_NUM_THREADS"] = old
 
 
 def _message(e: BaseException) -> str:

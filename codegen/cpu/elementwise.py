@@ -1,0 +1,297 @@
+"""Generated kernels for runs of elementwise and broadcast ops (epilogues included).
+
+A run of ops becomes one loop nest over the output shape that evaluates every op per element and
+stores each escaping value once: no intermediate tensor is ever written. Shapes are first reduced:
+size-1 dims are dropped and neighbouring dims that every operand broadcasts the same way are merged,
+so `[1, 64, 56, 56] + bias[64, 1, 1]` becomes a `[64, 3136]` nest reading `bias[64, 1]`. The
+outermost loop is a `prange`; a single long dim is cut into chunks so both cores get work.
+The source depends only on the op sequence and the broadcast pattern, never on sizes, so one
+compiled kernel serves every shape with that pattern.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ir import DType, Node, Value, get_op
+from ir.ops import constant_value
+
+#: Per op: a function of (operand expressions, attributes, node) -> expression text.
+Emit = Callable[[list[str], dict[str, Any], Node], "str | None"]
+
+
+def _f(x: float) -> str:
+    """A float32 literal (a bare Python float would widen float32 arithmetic to float64)."""
+    if math.isnan(x):
+        return "np.float32(np.nan)"
+    if math.isinf(x):
+        return "np.float32(np.inf)" if x > 0 else "np.float32(-np.inf)"
+    return f"np.float32({float(np.float32(x))!r})"
+
+
+def _clip(a: list[str], at: dict[str, Any], node: Node) -> str | None:
+    lo = hi = None
+    if node.opset < 11:
+        lo, hi = at.get("min"), at.get("max")
+    else:
+        for i, name in ((1, "lo"), (2, "hi")):
+            v = node.input(i)
+            if v is not None:
+                c = constant_value(v)
+                if c is None or c.size != 1:
+                    return None
+                if name == "lo":
+                    lo = float(c.reshape(-1)[0])
+                else:
+                    hi = float(c.reshape(-1)[0])
+    e = a[0]
+    if lo is not None:
+        e = f"_max({e}, {_f(lo)})"
+    if hi is not None:
+        e = f"_min({e}, {_f(hi)})"
+    return e
+
+
+def _variadic(fn: str) -> Emit:
+    def emit(a: list[str], at: dict[str, Any], node: Node) -> str:
+        e = a[0]
+        for x in a[1:]:
+            e = f"{fn}({e}, {x})"
+        return e
+    return emit
+
+
+UNARY: dict[str, str] = {
+    "Identity": "{0}", "Neg": "(-{0})", "Abs": "np.abs({0})", "Exp": "np.exp({0})", "Log": "np.log({0})",
+    "Sqrt": "np.sqrt({0})", "Reciprocal": "(_ONE / {0})", "Floor": "np.floor({0})", "Ceil": "np.ceil({0})",
+    "Tanh": "np.tanh({0})", "Sin": "np.sin({0})", "Cos": "np.cos({0})", "Erf": "_erf({0})",
+    "Relu": "_max({0}, _ZERO)", "Sigmoid": "_sigmoid({0})", "Round": "np.rint({0})", "Sign": "np.sign({0})",
+    "Softplus": "np.log1p(np.exp({0}))", "Softsign": "({0} / (_ONE + np.abs({0})))",
+}
+
+BINARY: dict[str, str] = {
+    "Add": "({0} + {1})", "Sub": "({0} - {1})", "Mul": "({0} * {1})", "Div": "({0} / {1})",
+    "Pow": "_pow({0}, {1})", "PRelu": "_prelu({0}, {1})",
+}
+
+EMITTERS: dict[str, Emit] = {
+    **{op: (lambda t: lambda a, at, n: t.format(*a))(t) for op, t in UNARY.items()},
+    **{op: (lambda t: lambda a, at, n: t.format(*a))(t) for op, t in BINARY.items()},
+    "Max": _variadic("_max"), "Min": _variadic("_min"), "Sum": _variadic("_add"),
+    "Mean": lambda a, at, n: f"({_variadic('_add')(a, at, n)} / {_f(len(a))})",
+    "Clip": _clip,
+    "LeakyRelu": lambda a, at, n: f"_leaky({a[0]}, {_f(at['alpha'])})",
+    "Elu": lambda a, at, n: f"_elu({a[0]}, {_f(at['alpha'])})",
+    "Selu": lambda a, at, n: f"({_f(at['gamma'])} * _elu({a[0]}, {_f(at['alpha'])}))",
+    "Celu": lambda a, at, n: f"_celu({a[0]}, {_f(at['alpha'])})",
+    "HardSigmoid": lambda a, at, n: f"_hsig({a[0]}, {_f(at['alpha'])}, {_f(at['beta'])})",
+    "HardSwish": lambda a, at, n: f"({a[0]} * _hsig({a[0]}, {_f(1 / 6)}, {_f(0.5)}))",
+    "ThresholdedRelu": lambda a, at, n: f"({a[0]} if {a[0]} > {_f(at['alpha'])} else _ZERO)",
+    "Gelu": lambda a, at, n: (f"_gelu({a[0]})" if at.get("approximate", "none") == "none"
+                              else f"_gelu_tanh({a[0]})"),
+}
+
+#: Helpers every generated module defines (float32 in, float32 out; NaN handled as numpy does).
+PRELUDE = '''
+import math
+import numpy as np
+from numba import njit, prange
+
+_ZERO = np.float32(0.0)
+_ONE = np.float32(1.0)
+_HALF = np.float32(0.5)
+
+
+@njit(inline="always")
+def _max(a, b):
+    return a if (a >= b or a != a) else b
+
+
+@njit(inline="always")
+def _min(a, b):
+    return a if (a <= b or a != a) else b
+
+
+@njit(inline="always")
+def _add(a, b):
+    return a + b
+
+
+@njit(inline="always")
+def _sigmoid(x):
+    return _ONE / (_ONE + np.exp(-x)) if x >= _ZERO else np.exp(x) / (_ONE + np.exp(x))
+
+
+@njit(inline="always")
+def _erf(x):
+    return np.float32(math.erf(x))
+
+
+@njit(inline="always")
+def _gelu(x):
+    return _HALF * x * (_ONE + np.float32(math.erf(x * np.float32(0.7071067811865476))))
+
+
+@njit(inline="always")
+def _gelu_tanh(x):
+    return _HALF * x * (_ONE + np.tanh(np.float32(0.7978845608028654) * (x + np.float32(0.044715) * x * x * x)))
+
+
+@njit(inline="always")
+def _pow(a, b):
+    return np.float32(np.power(a, b))
+
+
+@njit(inline="always")
+def _prelu(x, s):
+    return x if x >= _ZERO else s * x
+
+
+@njit(inline="always")
+def _leaky(x, alpha):
+    return x if x >= _ZERO else alpha * x
+
+
+@njit(inline="always")
+def _elu(x, alpha):
+    return x if x >= _ZERO else alpha * (np.exp(x) - _ONE)
+
+
+@njit(inline="always")
+def _celu(x, alpha):
+    return _max(_ZERO, x) + _min(_ZERO, alpha * (np.exp(x / alpha) - _ONE))
+
+
+@njit(inline="always")
+def _hsig(x, alpha, beta):
+    return _max(_ZERO, _min(_ONE, alpha * x + beta))
+'''
+
+#: Chunk length when a single long dim is split across threads.
+CHUNK = 16384
+#: Below this many elements a kernel runs on one thread: waking the pool costs more than it saves.
+PARALLEL_MIN = 32768
+
+
+def supported(node: Node) -> bool:
+    """Can this node be one step of a generated elementwise kernel (float32 in and out)?"""
+    if node.domain not in ("", "ai.onnx") or node.op_type not in EMITTERS or node.subgraphs:
+        return False
+    if len(node.outputs) != 1:
+        return False
+    vals = [v for v in node.inputs if v is not None] + list(node.outputs)
+    if node.op_type == "Clip":
+        vals = [node.inputs[0], node.outputs[0]]
+    for v in vals:
+        if v.dtype != DType.FLOAT or v.shape is None or not all(isinstance(d, int) for d in v.shape):
+            return False
+    if any(d == 0 for v in vals for d in v.shape):  # type: ignore[union-attr]
+        return False
+    if node.op_type == "Clip" and _clip(["x"], _attrs(node), node) is None:
+        return False
+    return True
+
+
+def _attrs(node: Node) -> dict[str, Any]:
+    op = get_op(node.op_type, node.domain)
+    assert op is not None
+    return op.resolve_attrs(node.attributes, node.opset)
+
+
+@dataclass
+class Plan:
+    """A generated kernel and how to call it: operand views in the reduced iteration space."""
+
+    name: str
+    source: str
+    inputs: list[Value]
+    outputs: list[Value]
+    input_shapes: list[tuple[int, ...]]
+    output_shape: tuple[int, ...]
+
+
+def reduce_shapes(full: tuple[int, ...], shapes: Sequence[tuple[int, ...]]) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
+    """Drop size-1 dims of `full` and merge neighbours every operand treats alike."""
+    r = len(full)
+    padded = [(1,) * (r - len(s)) + tuple(s) for s in shapes]
+    dims: list[tuple[int, tuple[bool, ...]]] = []  # (size, per operand: broadcast along this dim?)
+    for i, n in enumerate(full):
+        if n == 1:
+            continue
+        pattern = tuple(p[i] == 1 for p in padded)
+        if dims and dims[-1][1] == pattern:
+            dims[-1] = (dims[-1][0] * n, pattern)
+        else:
+            dims.append((n, pattern))
+    if not dims:
+        dims = [(1, tuple(False for _ in padded))]
+    out_shape = tuple(n for n, _ in dims)
+    views = [tuple(1 if pat[k] else n for n, pat in dims) for k in range(len(padded))]
+    return out_shape, views
+
+
+def plan(nodes: Sequence[Node], outputs: Sequence[Value]) -> Plan | None:
+    """The kernel for `nodes` (topologically ordered) computing `outputs`, or None if it cannot."""
+    full = tuple(outputs[0].shape)  # type: ignore[arg-type]
+    if any(tuple(v.shape) != full for v in outputs):  # type: ignore[arg-type]
+        return None
+    produced = {id(v) for n in nodes for v in n.outputs}
+    inputs: list[Value] = []
+    for n in nodes:
+        operands = [n.inputs[0]] if n.op_type == "Clip" else [v for v in n.inputs if v is not None]
+        for v in operands:
+            if id(v) not in produced and all(v is not x for x in inputs):
+                inputs.append(v)
+    shapes = [tuple(v.shape) for v in inputs]  # type: ignore[arg-type]
+    if any(len(s) > len(full) or any(a not in (1, b) for a, b in zip(s[::-1], full[::-1])) for s in shapes):
+        return None  # an operand is bigger than the outputs: not a pure epilogue
+    out_shape, views = reduce_shapes(full, shapes)
+    rank = len(out_shape)
+    names = {id(v): f"i{k}" for k, v in enumerate(inputs)}
+    body: list[str] = []
+    idx_all = ", ".join(f"j{d}" for d in range(rank))
+    for k, (v, view) in enumerate(zip(inputs, views)):
+        idx = ", ".join("0" if view[d] == 1 and out_shape[d] != 1 else f"j{d}" for d in range(rank))
+        body.append(f"x{k} = i{k}[{idx}]")
+        names[id(v)] = f"x{k}"
+    for t, n in enumerate(nodes):
+        operands = [n.inputs[0]] if n.op_type == "Clip" else [v for v in n.inputs if v is not None]
+        expr = EMITTERS[n.op_type]([names[id(v)] for v in operands], _attrs(n), n)
+        if expr is None:
+            return None
+        body.append(f"t{t} = np.float32({expr})")
+        names[id(n.outputs[0])] = f"t{t}"
+    for k, v in enumerate(outputs):
+        body.append(f"o{k}[{idx_all}] = {names[id(v)]}")
+    params = [f"i{k}" for k in range(len(inputs))] + [f"o{k}" for k in range(len(outputs))]
+    indent = "    "
+
+    def nest(loop: str) -> list[str]:
+        if rank == 1:
+            head = [f"for c in {loop}((n0 + {CHUNK - 1}) // {CHUNK}):",
+                    f"    for j0 in range(c * {CHUNK}, min(n0, (c + 1) * {CHUNK})):"]
+            depth = 2
+        else:
+            head = [f"for j0 in {loop}(n0):"] + [f"{indent * d}for j{d} in range(n{d}):" for d in range(1, rank)]
+            depth = rank
+        return head + [indent * depth + line for line in body]
+
+    lines = [f"n{d} = o0.shape[{d}]" for d in range(rank)]
+    parallel = int(np.prod(out_shape)) >= PARALLEL_MIN
+    if parallel:  # small shapes get a serial kernel: it compiles in a fraction of the time
+        lines += [f"if {' * '.join(f'n{d}' for d in range(rank))} < {PARALLEL_MIN}:"]
+        lines += [indent + line for line in nest("range")]
+        lines += ["else:"] + [indent + line for line in nest("prange")]
+    else:
+        lines += nest("range")
+    text = "\n".join(indent + line for line in lines)
+    digest = hashlib.sha1(f"{parallel}{text}".encode()).hexdigest()[:16]
+    name = f"ew_{digest}"
+    source = f"@njit(cache=True{', parallel=True' if parallel else ''})\ndef {name}({', '.join(params)}):\n{text}\n"
+    return Plan(name, source, inputs, list(outputs), views, out_shape)

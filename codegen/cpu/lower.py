@@ -1,0 +1,277 @@
+"""The CPU lowering pipeline: a straight sequence of named steps from the optimized IR to a driver.
+
+    specialize   bind the inputs' concrete shapes; infer every shape, fold what became constant
+    prepare      split Conv/Gemm biases off into Adds, so fusion makes them part of the epilogue
+    fuse         group each Conv/Gemm/MatMul with its epilogue and elementwise runs (passes.fuse)
+    select       pick a kernel per node or group (rules, generated elementwise kernels, fallbacks)
+    plan-memory  liveness, in-place reuse and arena offsets (codegen.memory)
+    emit         the driver module's source (codegen.cpu.emit)
+
+`lower(graph, shapes, print_after={"select"})` prints the IR or program after the named steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+import passes
+from ir import DType, Graph, Node, TensorType, Value, format_graph, free_values, infer_node, infer_shapes
+from ir.ops import constant_value
+
+from ..memory import plan_memory
+from ..program import Call, Const, Kernel, Program, Use
+from . import elementwise
+from .rules import RULES, static
+
+STEPS = ("specialize", "prepare", "fuse", "select", "plan-memory", "emit")
+
+#: Ops that are fine to leave to the reference: they run once per inference on tiny tensors.
+GENERATED_MODULE = "<generated>"
+
+
+def specialize(graph: Graph, shapes: Mapping[str, tuple[int, ...]]) -> Graph:
+    """A copy of `graph` (unfused) whose inputs have the given concrete shapes, re-inferred and folded."""
+    g = graph.copy()
+    passes.run(g, "unfuse")
+    for v in g.inputs:
+        if v.name in shapes and isinstance(v.type, TensorType):
+            v.type = TensorType(v.type.dtype, tuple(int(d) for d in shapes[v.name]))
+    for node in g.all_nodes():
+        for out in node.outputs:
+            if isinstance(out.type, TensorType) and out.type.shape is not None and any(
+                    not isinstance(d, int) for d in out.type.shape):
+                out.type = TensorType(out.type.dtype, None)  # forget symbolic dims: they are bound now
+    _infer(g)
+    passes.run(g, "fold-constants,dce")
+    _infer(g)
+    return g
+
+
+def _infer(g: Graph) -> None:
+    """Shape inference, except that control flow's outputs stay shapeless: If's branches may differ
+    in shape and a loop's trip count is data, so whatever reads them is sized at run time."""
+    for node in g.nodes:
+        if node.subgraphs:
+            for sg in node.subgraphs:
+                infer_shapes(sg)
+            for v in node.outputs:
+                if isinstance(v.type, TensorType):
+                    v.type = TensorType(v.type.dtype, None)
+        else:
+            infer_node(node)
+
+
+def prepare(graph: Graph) -> Graph:
+    """Conv(x, w, b) -> Add(Conv(x, w), b[C,1,1]); Gemm(a, b, c) -> Add(Gemm(a, b), beta*c)."""
+    for node in list(graph.nodes):
+        if node.op_type == "Conv" and node.input(2) is not None:
+            b = constant_value(node.input(2))
+            y = node.outputs[0]
+            if b is None or y.rank is None or y.dtype != DType.FLOAT:
+                continue
+            bias = graph.add_initializer(graph.unique_name(f"{node.name or 'conv'}_bias"),
+                                         b.reshape((-1,) + (1,) * (y.rank - 2)).astype(np.float32))
+            _split(graph, node, bias)
+        elif node.op_type == "Gemm" and node.input(2) is not None:
+            c = constant_value(node.input(2))
+            y = node.outputs[0]
+            if c is None or y.dtype != DType.FLOAT or node.attributes.get("transA"):
+                continue
+            beta = float(node.attributes.get("beta", 1.0))
+            bias = graph.add_initializer(graph.unique_name(f"{node.name or 'gemm'}_bias"),
+                                         (np.float32(beta) * c).astype(np.float32))
+            node.attributes.pop("beta", None)
+            _split(graph, node, bias)
+    return graph
+
+
+def _split(graph: Graph, node: Node, bias: Value) -> None:
+    y = node.outputs[0]
+    core = graph.make_node(node.op_type, list(node.inputs[:2]), dict(node.attributes), 1,
+                           name=graph.unique_name(f"{node.name or node.op_type}_core"), before=node)
+    core.outputs[0].type = y.type
+    add = graph.make_node("Add", [core.outputs[0], bias], {}, 1, name=graph.unique_name(f"{node.name}_bias"),
+                          before=node)
+    add.outputs[0].type = y.type
+    graph.replace_value(y, add.outputs[0])
+    graph.remove(node)
+
+
+def fuse(graph: Graph) -> Graph:
+    passes.run(graph, "fuse")
+    return graph
+
+
+# -- select -----------------------------------------------------------------------------------
+
+
+def select(graph: Graph) -> Program:
+    """The graph as a list of calls: fused groups and single nodes, fallbacks where no kernel fits."""
+    calls: list[Call] = []
+    for node in graph.nodes:
+        if node.op_type == "Fused" and node.domain == "mcc":
+            body: Graph = node.attributes["body"]
+            subst = {id(b): v for b, v in zip(body.inputs, node.inputs)}
+            subst.update({id(b): v for b, v in zip(body.outputs, node.outputs)})
+            group = _lower_nodes(list(body.nodes), body.outputs)
+            if group is None:
+                calls.append(_fallback(node))
+            else:
+                calls.extend(_substitute(c, subst) for c in group)
+        elif node.op_type == "Constant" and not any(v.is_graph_output for v in node.outputs):
+            continue  # its value is read as a constant wherever it is used
+        else:
+            calls.extend(_lower_nodes([node], list(node.outputs)) or [_fallback(node)])
+    inputs = [v for v in graph.inputs if v.const is None]
+    return _finish(Program(calls, inputs, list(graph.outputs)))
+
+
+def _lower_nodes(nodes: list[Node], escaping: Sequence[Value]) -> list[Call] | None:
+    """Calls for a group's nodes: maximal elementwise runs become one generated kernel each."""
+    out: list[Call] = []
+    run: list[Node] = []
+    members = {id(n) for n in nodes}
+    escape = {id(v) for v in escaping}
+
+    def flush() -> bool:
+        if not run:
+            return True
+        inside = {id(n) for n in run}
+        outs = [v for n in run for v in n.outputs
+                if id(v) in escape or any(id(u) not in inside for u, _ in v.uses) or v.is_graph_output]
+        calls = _elementwise(run, outs)
+        if calls is None:  # split: each op on its own
+            for n in run:
+                one = _elementwise([n], list(n.outputs))
+                if one is None:
+                    return False
+                out.extend(one)
+        else:
+            out.extend(calls)
+        run.clear()
+        return True
+
+    for n in nodes:
+        if elementwise.supported(n):
+            run.append(n)
+            continue
+        if not flush():
+            return None
+        calls = _single(n)
+        if calls is None:
+            if len(nodes) == 1:
+                return None
+            calls = [_fallback(n)]
+        out.extend(calls)
+    if not flush():
+        return None
+    del members
+    return out
+
+
+def _elementwise(run: list[Node], outputs: list[Value]) -> list[Call] | None:
+    if not outputs:
+        return []
+    plan = elementwise.plan(run, outputs)
+    if plan is None:
+        return None
+    source = elementwise.PRELUDE + "\n\n" + plan.source
+    kernel = Kernel(f"mcc_{plan.name}", plan.name, source)
+    args = [_arg(v, view) for v, view in zip(plan.inputs, plan.input_shapes)]
+    args += [Use(v, plan.output_shape) for v in plan.outputs]
+    full = plan.output_shape
+    inplace, taken = [], set()
+    for o in plan.outputs:
+        for v, view in zip(plan.inputs, plan.input_shapes):
+            if view == full and id(v) not in taken and constant_value(v) is None and v.dtype == o.dtype:
+                inplace.append((o, v))
+                taken.add(id(v))
+                break
+    ops = "+".join(n.op_type for n in run)
+    return [Call(run[-1], kernel, args, list(plan.outputs), inplace=inplace, note=ops)]
+
+
+def _arg(v: Value, view: tuple[int, ...]) -> Use | Const:
+    c = constant_value(v)
+    if c is not None:
+        return Const(np.ascontiguousarray(c, np.float32).reshape(view))
+    return Use(v, view)
+
+
+def _single(node: Node) -> list[Call] | None:
+    fn = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    if fn is None:
+        return None
+    tensors = [v for v in list(node.inputs) + list(node.outputs) if v is not None]
+    if not all(static(v) for v in tensors if constant_value(v) is None or v in node.outputs):
+        return None
+    if any(d == 0 for v in tensors if v.shape is not None for d in v.shape):
+        return None
+    return fn(node)
+
+
+def _fallback(node: Node) -> Call:
+    reads = [v for v in node.inputs if v is not None]
+    for sg in node.subgraphs:
+        reads += [v for v in free_values(sg) if all(v is not r for r in reads)]
+    return Call(node, None, [Use(v) for v in reads], list(node.outputs), note="reference")
+
+
+def _substitute(call: Call, subst: dict[int, Value]) -> Call:
+    def s(v: Value) -> Value:
+        return subst.get(id(v), v)
+
+    args = [Use(s(a.value), a.shape) if isinstance(a, Use) else a for a in call.args]
+    return Call(call.node, call.kernel, args, [s(v) for v in call.defines],
+                [(s(o), s(i)) for o, i in call.inplace], {id(s_o): s(src) for s_o, src in
+                                                          ((s(o), src) for o, src in _alias_items(call))},
+                call.note)
+
+
+def _alias_items(call: Call) -> Iterable[tuple[Value, Value]]:
+    for v in call.defines:
+        if id(v) in call.alias:
+            yield v, call.alias[id(v)]
+
+
+def _finish(p: Program) -> Program:
+    """Constant operands of native calls become Const arguments (they live in the constants arena)."""
+    for c in p.calls:
+        if c.kernel is None:
+            continue
+        c.args = [Const(np.ascontiguousarray(constant_value(a.value)).reshape(a.shape or constant_value(a.value).shape))
+                  if isinstance(a, Use) and constant_value(a.value) is not None else a
+                  for a in c.args]
+    return p
+
+
+# -- the pipeline -----------------------------------------------------------------------------
+
+
+def lower(graph: Graph, shapes: Mapping[str, tuple[int, ...]], *,
+          print_after: Iterable[str] = (), printer: Callable[[str], None] = print) -> Program:
+    """Run the steps up to plan-memory; the emitter turns the program into source."""
+    show = set(print_after)
+    unknown = show - set(STEPS)
+    if unknown:
+        raise ValueError(f"unknown lowering step(s) {sorted(unknown)}; the steps are: {', '.join(STEPS)}")
+
+    def dump(step: str, what: Graph | Program) -> None:
+        if step in show:
+            printer(f"// ----- after {step} -----\n"
+                    + (format_graph(what) if isinstance(what, Graph) else what.format()))
+
+    g = specialize(graph, shapes)
+    dump("specialize", g)
+    prepare(g)
+    dump("prepare", g)
+    fuse(g)
+    dump("fuse", g)
+    program = select(g)
+    program.graph = g
+    dump("select", program)
+    plan_memory(program)
+    dump("plan-memory", program)
+    return program

@@ -1,0 +1,238 @@
+"""Kernel selection for the CPU target: which kernel runs each node, with which arguments.
+
+A rule takes a node whose tensors all have static shapes and returns the calls that compute it, or
+None to let the node fall back to its reference semantics. Rules are looked up by op type; runs of
+elementwise ops never reach them (they become one generated kernel, see `elementwise`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ir import DType, Node, Value, get_op
+from ir.ops import constant_value
+from ir.ops.nn import _spatial_attrs, _window_geometry
+
+from ..program import Call, Const, Kernel, Lit, Scratch, Use
+
+Rule = Callable[[Node], "list[Call] | None"]
+RULES: dict[str, Rule] = {}
+KERNELS = "codegen.cpu.kernels"
+
+
+def rule(*op_types: str) -> Callable[[Rule], Rule]:
+    """Register `fn` as the lowering of `op_types` (default ONNX domain)."""
+    def register(fn: Rule) -> Rule:
+        for op in op_types:
+            if op in RULES:
+                raise ValueError(f"two CPU rules for {op}")
+            RULES[op] = fn
+        return fn
+    return register
+
+
+def k(name: str, module: str = KERNELS) -> Kernel:
+    return Kernel(module, name)
+
+
+def attrs(node: Node) -> dict[str, Any]:
+    op = get_op(node.op_type, node.domain)
+    assert op is not None
+    return op.resolve_attrs(node.attributes, node.opset)
+
+
+def static(v: Value | None) -> bool:
+    return (v is not None and v.shape is not None and v.dtype is not None
+            and all(isinstance(d, int) for d in v.shape))
+
+
+def f32(*vs: Value | None) -> bool:
+    return all(v is not None and static(v) and v.dtype == DType.FLOAT for v in vs)
+
+
+def shape(v: Value) -> tuple[int, ...]:
+    return tuple(v.shape)  # type: ignore[arg-type]
+
+
+def arg(v: Value, view: tuple[int, ...] | None = None) -> Use | Const:
+    """A value operand: constants go to the constants arena, the rest are planned buffers."""
+    c = constant_value(v)
+    if c is not None:
+        a = np.ascontiguousarray(c)
+        return Const(a.reshape(view) if view is not None else a)
+    return Use(v, view)
+
+
+# -- views --------------------------------------------------------------------------------------
+
+
+@rule("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout")
+def view(node: Node) -> list[Call] | None:
+    """Shape-only ops share their input's buffer (arena buffers are always contiguous)."""
+    x, y = node.inputs[0], node.outputs[0]
+    if len([o for o in node.outputs if o.uses or o.is_graph_output]) > 1 or not static(x) or not static(y):
+        return None
+    if x.dtype != y.dtype or constant_value(x) is not None:
+        return None
+    return [Call(node, None, [Use(x)], [y], alias={id(y): x})]
+
+
+# -- convolution ------------------------------------------------------------------------------
+
+
+def _geometry(node: Node, x: Value, kernel: list[int], a: dict[str, Any], ceil_mode: int = 0
+              ) -> tuple[list[int], list[int], list[int]] | None:
+    """strides, dilations, begin pads for a 2-D window op (1-D ops are seen as 1 x L)."""
+    nd = len(kernel)
+    s, d, p = _spatial_attrs(nd, a.get("strides"), a.get("dilations"), a.get("pads"))
+    try:
+        geo = _window_geometry(shape(x)[2:], kernel, s, d, p, a.get("auto_pad") or "NOTSET", ceil_mode)
+    except NotImplementedError:
+        return None
+    begins = [g[1] for g in geo]
+    if nd == 1:
+        return [1, s[0]], [1, d[0]], [0, begins[0]]
+    return s, d, begins
+
+
+@rule("Conv")
+def conv(node: Node) -> list[Call] | None:
+    """Depthwise convolutions run direct loops; the rest im2col + sgemm (1x1 skips im2col).
+
+    Biases were split off into the epilogue before fusion (see `prepare`), so only a bias that
+    remains (none in practice) is added here.
+    """
+    x, w = node.inputs[0], node.inputs[1]
+    b = node.input(2)
+    y = node.outputs[0]
+    wc = constant_value(w)
+    if not f32(x, w, y) or wc is None or b is not None or len(shape(x)) not in (3, 4):
+        return None
+    a = attrs(node)
+    kernel = list(a.get("kernel_shape") or wc.shape[2:])
+    geo = _geometry(node, x, kernel, a)
+    if geo is None:
+        return None
+    (sh, sw), (dh, dw), (ph, pw) = geo
+    kh, kw = (1, kernel[0]) if len(kernel) == 1 else kernel
+    xs, ys = shape(x), shape(y)
+    n, c = xs[0], xs[1]
+    co = ys[1]
+    x4 = (n, c, 1, xs[2]) if len(xs) == 3 else xs
+    y4 = (n, co, 1, ys[2]) if len(ys) == 3 else ys
+    group = int(a.get("group", 1))
+    lits = [Lit(v) for v in (kh, kw, sh, sw, ph, pw, dh, dw)]
+    if group == c and co == c and group > 1:
+        return [Call(node, k("depthwise2d"), [Use(x, x4), Const(wc.reshape(c, kh, kw)), Use(y, y4), *lits],
+                     [y], note="depthwise")]
+    cig, cog = c // group, co // group
+    wm = np.ascontiguousarray(wc.reshape(group, cog, cig * kh * kw))
+    direct = kh == kw == 1 and sh == sw == 1 and ph == pw == 0
+    cols = Scratch((1, 1) if direct else (cig * kh * kw, y4[2] * y4[3]), np.dtype(np.float32))
+    return [Call(node, k("conv2d"), [Use(x, x4), Const(wm), cols, Use(y, (n, co, y4[2] * y4[3])), *lits, Lit(group)],
+                 [y], note="1x1 as gemm" if direct else "im2col + gemm")]
+
+
+# -- matrix products --------------------------------------------------------------------------
+
+
+@rule("MatMul")
+def matmul(node: Node) -> list[Call] | None:
+    """A constant right-hand side makes one sgemm over all rows; otherwise one per batch entry."""
+    a, b = node.inputs
+    y = node.outputs[0]
+    if not f32(a, b, y) or len(shape(a)) < 2 or len(shape(b)) < 2:
+        return None
+    sa, sb, sy = shape(a), shape(b), shape(y)
+    m, kk = sa[-2], sa[-1]
+    nn = sb[-1]
+    bc = constant_value(b)
+    if len(sb) == 2:
+        rows = int(np.prod(sa[:-1]))
+        return [Call(node, k("matmul"), [Use(a, (rows, kk)), arg(b), Use(y, (rows, nn))], [y])]
+    batch = int(np.prod(sy[:-2]))
+    ba, bb = int(np.prod(sa[:-2])), int(np.prod(sb[:-2]))
+    if ba not in (1, batch) or bb not in (1, batch) or (ba != batch and len(sa) > 2 and sa[:-2] != sy[:-2] and ba != 1):
+        return None
+    if ba == batch and sa[:-2] != sy[:-2] or bb == batch and sb[:-2] != sy[:-2]:
+        return None  # a batch broadcast that is not all-or-nothing
+    b_arg = Const(np.ascontiguousarray(bc).reshape(bb, kk, nn)) if bc is not None else Use(b, (bb, kk, nn))
+    return [Call(node, k("batched_matmul"), [Use(a, (ba, m, kk)), b_arg, Use(y, (batch, m, nn))], [y])]
+
+
+@rule("Gemm")
+def gemm(node: Node) -> list[Call] | None:
+    """alpha and a transposed constant B are folded into the packed weights; C was split off."""
+    a, b = node.inputs[0], node.inputs[1]
+    y = node.outputs[0]
+    at = attrs(node)
+    if node.input(2) is not None or at.get("transA") or not f32(a, b, y) or len(shape(a)) != 2:
+        return None
+    alpha = float(at.get("alpha", 1.0))
+    bc = constant_value(b)
+    if bc is not None:
+        bm = bc.T if at.get("transB") else bc
+        if alpha != 1.0:
+            bm = bm * np.float32(alpha)
+        return [Call(node, k("matmul"), [Use(a), Const(np.ascontiguousarray(bm, np.float32)), Use(y)], [y])]
+    if alpha != 1.0:
+        return None
+    return [Call(node, k("matmul_bt" if at.get("transB") else "matmul"), [Use(a), Use(b), Use(y)], [y])]
+
+
+# -- pooling ----------------------------------------------------------------------------------
+
+
+@rule("MaxPool")
+def maxpool(node: Node) -> list[Call] | None:
+    x, y = node.inputs[0], node.outputs[0]
+    a = attrs(node)
+    if len(node.outputs) > 1 and (node.outputs[1].uses or node.outputs[1].is_graph_output):
+        return None
+    if not f32(x, y) or len(shape(x)) not in (3, 4):
+        return None
+    kernel = list(a["kernel_shape"])
+    geo = _geometry(node, x, kernel, a, int(a.get("ceil_mode", 0)))
+    if geo is None:
+        return None
+    (sh, sw), (dh, dw), (ph, pw) = geo
+    kh, kw = (1, kernel[0]) if len(kernel) == 1 else kernel
+    xs, ys = shape(x), shape(y)
+    x4 = (xs[0], xs[1], 1, xs[2]) if len(xs) == 3 else xs
+    y4 = (ys[0], ys[1], 1, ys[2]) if len(ys) == 3 else ys
+    return [Call(node, k("maxpool2d"), [Use(x, x4), Use(y, y4), *(Lit(v) for v in (kh, kw, sh, sw, ph, pw, dh, dw))],
+                 [y])]
+
+
+@rule("AveragePool")
+def avgpool(node: Node) -> list[Call] | None:
+    x, y = node.inputs[0], node.outputs[0]
+    a = attrs(node)
+    if not f32(x, y) or len(shape(x)) != 4 or any(d != 1 for d in (a.get("dilations") or [1])):
+        return None
+    kernel = list(a["kernel_shape"])
+    s, _, p = _spatial_attrs(2, a.get("strides"), None, a.get("pads"))
+    include = int(a.get("count_include_pad", 0))
+    ceil = int(a.get("ceil_mode", 0))
+    if include and (ceil or p[0] != p[2] or p[1] != p[3] or (a.get("auto_pad") or "NOTSET") != "NOTSET"):
+        return None
+    geo = _geometry(node, x, kernel, a, ceil)
+    if geo is None:
+        return None
+    (sh, sw), _, (ph, pw) = geo
+    return [Call(node, k("avgpool2d"), [Use(x), Use(y), *(Lit(v) for v in (kernel[0], kernel[1], sh, sw, ph, pw)),
+                                        Lit(bool(include))], [y])]
+
+
+@rule("GlobalAveragePool", "GlobalMaxPool")
+def global_pool(node: Node) -> list[Call] | None:
+    x, y = node.inputs[0], node.outputs[0]
+    if not f32(x, y) or len(shape(x)) < 3:
+        return None
+    xs = shape(x)
+    rows = xs[0] * xs[1]
+    fn = "global_avgpool" if node.op_type == "GlobalAveragePool" else "global_maxpool"
+    return [Call(node, k(fn), [Use(x, (rows, int(np.prod(xs[2:])))), Use(y, (rows,))], [y])]

@@ -1,0 +1,241 @@
+"""The CPU target: lowering, memory planning, generated drivers, artifacts, against onnxruntime.
+
+onnxruntime is the oracle for whole models; the reference interpreter for random graphs from the
+property kit. Every lowering also checks its memory plan: no two live buffers may overlap.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from onnx import TensorProto, helper
+
+import compiler
+import ir
+from codegen.cpu import CpuModel, native_report
+from codegen.cpu.elementwise import reduce_shapes
+from codegen.cpu.lower import STEPS, lower
+from codegen.memory import check_plan
+from codegen.program import Use
+from conftest import DATA, ort_run, rel_err
+from passes.testing import assert_same_outputs, graphs
+from tests.models import ALL_BUILDERS, sample_inputs
+
+ROOT = Path(__file__).resolve().parents[2]
+SIZES = [{"N": 1, "H": 32, "W": 32}, {"N": 3, "H": 48, "W": 80}]
+
+
+def _digits_feeds(n: int = 4) -> dict[str, np.ndarray]:
+    x = np.load(DATA / "digits_data.npz")["test_images"][:n].astype(np.float32)
+    return {"image": x}
+
+
+def test_default_target_is_cpu() -> None:
+    m = compiler.compile(DATA / "digits_cnn.onnx")
+    assert m.target == "cpu" and compiler.Backend.target == "cpu"
+
+
+def test_digits_matches_onnxruntime_and_runs_natively() -> None:
+    model = onnx.load(DATA / "digits_cnn.onnx")
+    m = compiler.compile(model)
+    for n in (1, 5):
+        feeds = _digits_feeds(n)
+        got = m.run(feeds)
+        want = ort_run(model, feeds)
+        assert rel_err(got["logits"], want[0]) <= 1e-4
+    spec = next(iter(m.native.specializations.values()))
+    assert sum(spec.fallback_ops.values()) <= 1, spec.fallback_ops  # Concat at most, until it is native
+    assert len(m.native.specializations) == 2  # batch 1 and batch 5: one driver per shape
+
+
+@pytest.mark.parametrize("name", sorted(ALL_BUILDERS))
+def test_real_world_models_match_onnxruntime(name: str) -> None:
+    model = ALL_BUILDERS[name]()
+    m = compiler.compile(model, target="cpu", threads=2)
+    for dims in SIZES:
+        feeds = sample_inputs(model, seed=1, dims=dims)
+        want = ort_run(model, feeds)
+        got = m.run(feeds)
+        assert list(got) == [o.name for o in model.graph.output]
+        for (out_name, g), w in zip(got.items(), want):
+            assert g.dtype == w.dtype, out_name
+            assert rel_err(g, w) <= 1e-4, f"{name} {dims} {out_name}: {rel_err(g, w):.2e}"
+    for spec in m.native.specializations.values():
+        check_plan(_program_of(m, spec.shapes))
+
+
+def _program_of(m: compiler.CompiledModel, shapes: dict[str, tuple[int, ...]]):  # type: ignore[no-untyped-def]
+    return lower(m.graph, shapes)
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(graphs(max_layers=6))
+def test_random_graphs_match_the_interpreter(ex) -> None:  # type: ignore[no-untyped-def]
+    """Whatever the property kit generates, the native target computes what the reference does."""
+    want = ir.Interpreter().run(ex.graph, ex.feeds)
+    g = ex.graph.copy()
+    m = CpuModel(g, threads=2)
+    got = m.run([ex.feeds[v.name] for v in m.inputs])
+    assert_same_outputs(want, got, "cpu target vs interpreter")
+    shapes = {k: v.shape for k, v in ex.feeds.items()}
+    check_plan(lower(g, shapes))
+
+
+def test_memory_plan_reuses_and_never_overlaps() -> None:
+    g = compiler.compress(ALL_BUILDERS["mobilenetv3"]())
+    shapes = {v.name: tuple(d if isinstance(d, int) else 2 for d in v.shape) for v in g.inputs if v.const is None}
+    program = lower(g, shapes)
+    check_plan(program)
+    total = sum(n for _, n in set(program.offsets.values()))
+    assert program.arena_bytes < 0.6 * total, (program.arena_bytes, total)
+    shared = [c for c in program.calls if c.inplace and any(
+        program.offsets.get(id(o)) == program.offsets.get(id(i)) for o, i in c.inplace)]
+    assert shared, "no epilogue was computed in place"
+
+
+def test_check_plan_catches_overlap() -> None:
+    g = compiler.compress(onnx.load(DATA / "digits_cnn.onnx"))
+    program = lower(g, {"image": (1, 1, 8, 8)})
+    check_plan(program)
+    for c in program.calls:  # a call reading one buffer and writing another: both are live there
+        used = [a.value for a in c.args if isinstance(a, Use) and id(a.value) in program.offsets]
+        pairs = [(x, y) for x in used for y in used if program.storage[id(x)] != program.storage[id(y)]]
+        if pairs:
+            x, y = pairs[0]
+            moved = program.storage[id(y)]
+            for vid, sid in program.storage.items():
+                if sid == moved:
+                    program.offsets[vid] = (program.offsets[id(x)][0], program.offsets[vid][1])
+            break
+    with pytest.raises(AssertionError, match="overlap"):
+        check_plan(program)
+
+
+def test_print_after_each_step(capsys: pytest.CaptureFixture[str]) -> None:
+    g = compiler.compress(onnx.load(DATA / "digits_cnn.onnx"))
+    lower(g, {"image": (1, 1, 8, 8)}, print_after=[s for s in STEPS if s != "emit"])
+    out = capsys.readouterr().out
+    for step in ("specialize", "prepare", "fuse", "select", "plan-memory"):
+        assert f"after {step}" in out
+    assert "conv2d" in out and "arena" in out
+    with pytest.raises(ValueError, match="unknown lowering step"):
+        lower(g, {"image": (1, 1, 8, 8)}, print_after=["nonsense"])
+
+
+def test_reduce_shapes_merges_alike_dims() -> None:
+    full, views = reduce_shapes((1, 64, 56, 56), [(1, 64, 56, 56), (64, 1, 1)])
+    assert full == (64, 3136) and views == [(64, 3136), (64, 1)]
+    full, views = reduce_shapes((2, 3), [(2, 3), ()])
+    assert full == (6,) and views == [(6,), (1,)]
+
+
+def test_fallback_ops_are_reported_and_still_right() -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])
+    k = helper.make_tensor("k", TensorProto.INT64, [1], [3])
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("TopK", ["r", "k"], ["v", "i"], axis=1),
+             helper.make_node("Sigmoid", ["v"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+                                                [k]), opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    m = compiler.compile(model)
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 5)).astype(np.float32)}
+    assert rel_err(m.run(feeds)["y"], ort_run(model, feeds)[0]) <= 1e-6
+    assert m.fallback_ops() == {"TopK": 1}
+    assert native_report(m.graph)["fallback_ops"] == {"TopK": 1}
+
+
+def test_threads_give_the_same_answer() -> None:
+    model = ALL_BUILDERS["fpn_detector"]()
+    feeds = sample_inputs(model, seed=3, dims={"N": 1, "H": 64, "W": 64})
+    one = compiler.compile(model, threads=1).run(feeds)
+    two = compiler.compile(model, threads=2).run(feeds)
+    for a, b in zip(one.values(), two.values()):
+        assert rel_err(a, b) <= 1e-6
+
+
+# -- artifacts --------------------------------------------------------------------------------
+
+
+def test_artifact_loads_in_a_new_process_and_is_deterministic(tmp_path: Path) -> None:
+    m = compiler.compile(DATA / "digits_cnn.onnx")
+    feeds = _digits_feeds(3)
+    want = m.run(feeds)["logits"]
+    a, b = tmp_path / "a.mcc", tmp_path / "b.mcc"
+    m.save(a)
+    compiler.compile(DATA / "digits_cnn.onnx").run(feeds)
+    m.save(b)
+    assert a.read_bytes() == b.read_bytes()
+    with zipfile.ZipFile(a) as z:
+        names = z.namelist()
+        assert "manifest.json" in names and "weights.npz" in names
+        assert any(n.startswith("sources/mcc_driver_") for n in names)
+        assert not any(n.endswith((".pkl", ".pickle")) for n in names)
+    np.save(tmp_path / "x.npy", feeds["image"])
+    code = ("import sys, numpy as np, compiler; m = compiler.load(sys.argv[1]); "
+            "np.save(sys.argv[3], m.run({'image': np.load(sys.argv[2])})['logits']); "
+            "print(m.native.specializations and 'native')")
+    out = subprocess.run([sys.executable, "-c", code, str(a), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert "native" in out.stdout
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), want)
+
+
+def _rewrite_manifest(src: Path, dst: Path, edit) -> None:  # type: ignore[no-untyped-def]
+    with zipfile.ZipFile(src) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    manifest = json.loads(members["manifest.json"])
+    edit(manifest)
+    members["manifest.json"] = json.dumps(manifest).encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    dst.write_bytes(buf.getvalue())
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("name", "sapphirerapids", "built for CPU sapphirerapids"),
+    ("features", ["avx512f"], "CPU features"),
+    ("numba", "0.1.0", "Numba 0.1.0"),
+])
+def test_artifact_for_another_machine_is_refused(tmp_path: Path, field: str, value: object, message: str) -> None:
+    m = compiler.compile(DATA / "digits_cnn.onnx")
+    m.run(_digits_feeds(1))
+    m.save(tmp_path / "a.mcc")
+
+    def edit(man: dict) -> None:  # type: ignore[type-arg]
+        man["host"][field] = value
+
+    _rewrite_manifest(tmp_path / "a.mcc", tmp_path / "b.mcc", edit)
+    with pytest.raises(compiler.ArtifactError, match=message) as e:
+        compiler.load(tmp_path / "b.mcc")
+    assert "recompile" in str(e.value)
+
+
+def test_corrupt_artifact_is_one_clear_error(tmp_path: Path) -> None:
+    m = compiler.compile(DATA / "digits_cnn.onnx")
+    m.run(_digits_feeds(1))
+    m.save(tmp_path / "a.mcc")
+    data = (tmp_path / "a.mcc").read_bytes()
+    (tmp_path / "t.mcc").write_bytes(data[: len(data) // 2])
+    with pytest.raises(compiler.ArtifactError, match="corrupt|truncated"):
+        compiler.load(tmp_path / "t.mcc")
+
+    def drop_weights(man: dict) -> None:  # type: ignore[type-arg]
+        man["specializations"][0]["driver"] = "mcc_driver_missing"
+
+    _rewrite_manifest(tmp_path / "a.mcc", tmp_path / "c.mcc", drop_weights)
+    with pytest.raises(compiler.ArtifactError, match="incomplete or corrupt"):
+        compiler.load(tmp_path / "c.mcc")
