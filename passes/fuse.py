@@ -227,6 +227,8 @@ class Unfuse(Pass):
 def _inline(graph: Graph, fused: Node) -> None:
     body: Graph = fused.attributes["body"]
     mapping: dict[int, Value] = {id(b): v for b, v in zip(body.inputs, fused.inputs) if v is not None}
+    for v in body.initializers.values():  # constants a pass created inside the group move out with it
+        mapping[id(v)] = graph.add_initializer(graph.unique_name(v.name), v.const)  # type: ignore[arg-type]
     for n in body.nodes:
         ins = [None if v is None else mapping.get(id(v), v) for v in n.inputs]
         clone = graph.make_node(n.op_type, ins, dict(n.attributes), len(n.outputs), name=n.name, domain=n.domain,

@@ -67,20 +67,25 @@ class CpuModel:
         self.threads = threads or default_threads()
         self.print_after = set(print_after)
         self.inputs = [v for v in graph.inputs if v.const is None]
-        self.specializations: dict[tuple[tuple[int, ...], ...], Specialization] = {}
+        self.specializations: dict[tuple[Any, ...], Specialization] = {}
 
-    def static_shapes(self) -> dict[str, tuple[int, ...]] | None:
-        """The inputs' shapes when every dim is a number (compile ahead of time), else None."""
+    def static_shapes(self, symbolic: int | None = None) -> dict[str, tuple[int, ...]] | None:
+        """The inputs' shapes when every dim is a number, else None; with `symbolic`, named dims
+        take that size (ahead-of-time code for batch 1; other sizes compile when they arrive)."""
         out = {}
         for v in self.inputs:
             s = v.shape
-            if not isinstance(v.type, TensorType) or s is None or not all(isinstance(d, int) for d in s):
+            if not isinstance(v.type, TensorType) or s is None:
+                return None
+            if symbolic is not None:
+                s = tuple(d if isinstance(d, int) else symbolic for d in s)
+            if not all(isinstance(d, int) for d in s):
                 return None
             out[v.name] = tuple(s)  # type: ignore[arg-type]
         return out
 
     def specialize(self, shapes: dict[str, tuple[int, ...]]) -> Specialization:
-        key = tuple(tuple(shapes[v.name]) for v in self.inputs)
+        key = self._key(shapes)
         if key in self.specializations:
             return self.specializations[key]
         program = lower(self.graph, shapes, print_after=self.print_after)
@@ -103,21 +108,25 @@ class CpuModel:
         ops = Counter(c.node.op_type for c in fallback_calls)
         spec = Specialization(dict(shapes), emitted, consts, arena_bytes, fallback_calls, exe,
                               native if native is not None else 0, ops)
-        key = tuple(tuple(shapes[v.name]) for v in self.inputs)
-        self.specializations[key] = spec
+        self.specializations[self._key(shapes)] = spec
         return spec
 
+    def _key(self, shapes: dict[str, tuple[int, ...]]) -> tuple[Any, ...]:
+        return tuple(tuple(shapes[v.name]) if v.name in shapes else None for v in self.inputs)
+
     def run(self, arrays: Sequence[Any]) -> list[Any]:
-        shapes = {v.name: tuple(np.shape(a)) for v, a in zip(self.inputs, arrays)}
+        shapes = {v.name: a.shape for v, a in zip(self.inputs, arrays) if isinstance(a, np.ndarray)}
         spec = self.specialize(shapes)
         return spec.executable([np.require(a, requirements='C') if isinstance(a, np.ndarray) else a for a in arrays])
 
     def warm(self) -> None:
-        """Compile ahead of time when the input shapes are known."""
-        shapes = self.static_shapes()
+        """Generate code ahead of time when the input shapes are known, and compile it by one run on
+        zeros when every call is native (fallback ops may reject zeros: those compile on first use)."""
+        shapes = self.static_shapes(symbolic=1)
         if shapes is not None:
             spec = self.specialize(shapes)
-            spec.executable([np.zeros(shapes[v.name], v.dtype.np) for v in self.inputs])  # type: ignore[union-attr]
+            if not spec.fallback_calls and all(v.dtype is not None for v in self.inputs):
+                spec.executable([np.zeros(shapes[v.name], v.dtype.np) for v in self.inputs])  # type: ignore[union-attr]
 
 
 def native_report(graph: Graph, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:

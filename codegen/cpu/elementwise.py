@@ -67,6 +67,29 @@ def _variadic(fn: str) -> Emit:
     return emit
 
 
+def _scalar(node: Node, i: int) -> float | None:
+    v = node.input(i)
+    if v is None:
+        return 0.0
+    c = constant_value(v)
+    return None if c is None or c.size != 1 else float(c.reshape(-1)[0])
+
+
+def _quantize(a: list[str], at: dict[str, Any], node: Node) -> str | None:
+    s, zp = _scalar(node, 1), _scalar(node, 2)
+    if s is None or zp is None:
+        return None
+    lo, hi = (0, 255) if node.outputs[0].dtype == DType.UINT8 else (-128, 127)
+    return f"_quant({a[0]}, {_f(s)}, {_f(zp)}, {_f(lo)}, {_f(hi)})"
+
+
+def _dequantize(a: list[str], at: dict[str, Any], node: Node) -> str | None:
+    s, zp = _scalar(node, 1), _scalar(node, 2)
+    if s is None or zp is None:
+        return None
+    return f"(np.float32(np.int32({a[0]}) - np.int32({int(zp)})) * {_f(s)})"
+
+
 UNARY: dict[str, str] = {
     "Identity": "{0}", "Neg": "(-{0})", "Abs": "np.abs({0})", "Exp": "np.exp({0})", "Log": "np.log({0})",
     "Sqrt": "np.sqrt({0})", "Reciprocal": "(_ONE / {0})", "Floor": "np.floor({0})", "Ceil": "np.ceil({0})",
@@ -93,8 +116,19 @@ EMITTERS: dict[str, Emit] = {
     "HardSigmoid": lambda a, at, n: f"_hsig({a[0]}, {_f(at['alpha'])}, {_f(at['beta'])})",
     "HardSwish": lambda a, at, n: f"({a[0]} * _hsig({a[0]}, {_f(1 / 6)}, {_f(0.5)}))",
     "ThresholdedRelu": lambda a, at, n: f"({a[0]} if {a[0]} > {_f(at['alpha'])} else _ZERO)",
-    "Gelu": lambda a, at, n: (f"_gelu({a[0]})" if at.get("approximate", "none") == "none"
-                              else f"_gelu_tanh({a[0]})"),
+    "Gelu": lambda a, at, n: {"none": f"_gelu({a[0]})", "tanh": f"_gelu_tanh({a[0]})"}.get(at.get("approximate")),
+    "Cast": lambda a, at, n: a[0],
+    "QuantizeLinear": _quantize,
+    "DequantizeLinear": _dequantize,
+}
+
+#: Ops whose operand 0 is the only tensor operand (the rest are constant scalars baked into the code).
+FIRST_ONLY = {"Clip", "QuantizeLinear", "DequantizeLinear"}
+#: Element types a kernel may read or write besides float32, per op (input types, output types).
+INTEGER_IO: dict[str, tuple[set[DType], set[DType]]] = {
+    "Cast": ({DType.FLOAT, DType.INT32, DType.UINT8, DType.INT8}, {DType.FLOAT}),
+    "QuantizeLinear": ({DType.FLOAT}, {DType.UINT8, DType.INT8}),
+    "DequantizeLinear": ({DType.UINT8, DType.INT8, DType.INT32}, {DType.FLOAT}),
 }
 
 #: Helpers every generated module defines (float32 in, float32 out; NaN handled as numpy does).
@@ -171,6 +205,12 @@ def _celu(x, alpha):
 @njit(inline="always")
 def _hsig(x, alpha, beta):
     return _max(_ZERO, _min(_ONE, alpha * x + beta))
+
+
+@njit(inline="always")
+def _quant(x, s, zp, lo, hi):
+    # QuantizeLinear: float32 division, round half to even, shift, saturate
+    return _min(_max(np.rint(x / s) + zp, lo), hi)
 '''
 
 #: Chunk length when a single long dim is split across threads.
@@ -180,22 +220,23 @@ PARALLEL_MIN = 32768
 
 
 def supported(node: Node) -> bool:
-    """Can this node be one step of a generated elementwise kernel (float32 in and out)?"""
+    """Can this node be one step of a generated elementwise kernel?"""
     if node.domain not in ("", "ai.onnx") or node.op_type not in EMITTERS or node.subgraphs:
         return False
     if len(node.outputs) != 1:
         return False
-    vals = [v for v in node.inputs if v is not None] + list(node.outputs)
-    if node.op_type == "Clip":
-        vals = [node.inputs[0], node.outputs[0]]
-    for v in vals:
-        if v.dtype != DType.FLOAT or v.shape is None or not all(isinstance(d, int) for d in v.shape):
+    ins = [node.inputs[0]] if node.op_type in FIRST_ONLY else [v for v in node.inputs if v is not None]
+    io = INTEGER_IO.get(node.op_type, ({DType.FLOAT}, {DType.FLOAT}))
+    if any(v is None or v.dtype not in io[0] for v in ins) or node.outputs[0].dtype not in io[1]:
+        return False
+    for v in ins + list(node.outputs):
+        if v.shape is None or not all(isinstance(d, int) and d > 0 for d in v.shape):
             return False
-    if any(d == 0 for v in vals for d in v.shape):  # type: ignore[union-attr]
-        return False
-    if node.op_type == "Clip" and _clip(["x"], _attrs(node), node) is None:
-        return False
-    return True
+    return EMITTERS[node.op_type](["x"] * max(1, len(ins)), _attrs(node), node) is not None
+
+
+def _dt(dtype: DType | None) -> str:
+    return f"np.{np.dtype(dtype.np).name}"  # type: ignore[union-attr]
 
 
 def _attrs(node: Node) -> dict[str, Any]:
@@ -244,7 +285,7 @@ def plan(nodes: Sequence[Node], outputs: Sequence[Value]) -> Plan | None:
     produced = {id(v) for n in nodes for v in n.outputs}
     inputs: list[Value] = []
     for n in nodes:
-        operands = [n.inputs[0]] if n.op_type == "Clip" else [v for v in n.inputs if v is not None]
+        operands = [n.inputs[0]] if n.op_type in FIRST_ONLY else [v for v in n.inputs if v is not None]
         for v in operands:
             if id(v) not in produced and all(v is not x for x in inputs):
                 inputs.append(v)
@@ -261,11 +302,11 @@ def plan(nodes: Sequence[Node], outputs: Sequence[Value]) -> Plan | None:
         body.append(f"x{k} = i{k}[{idx}]")
         names[id(v)] = f"x{k}"
     for t, n in enumerate(nodes):
-        operands = [n.inputs[0]] if n.op_type == "Clip" else [v for v in n.inputs if v is not None]
+        operands = [n.inputs[0]] if n.op_type in FIRST_ONLY else [v for v in n.inputs if v is not None]
         expr = EMITTERS[n.op_type]([names[id(v)] for v in operands], _attrs(n), n)
         if expr is None:
             return None
-        body.append(f"t{t} = np.float32({expr})")
+        body.append(f"t{t} = {_dt(n.outputs[0].dtype)}({expr})")
         names[id(n.outputs[0])] = f"t{t}"
     for k, v in enumerate(outputs):
         body.append(f"o{k}[{idx_all}] = {names[id(v)]}")
@@ -293,5 +334,5 @@ def plan(nodes: Sequence[Node], outputs: Sequence[Value]) -> Plan | None:
     text = "\n".join(indent + line for line in lines)
     digest = hashlib.sha1(f"{parallel}{text}".encode()).hexdigest()[:16]
     name = f"ew_{digest}"
-    source = f"@njit(cache=True{', parallel=True' if parallel else ''})\ndef {name}({', '.join(params)}):\n{text}\n"
+    source = f"@njit(cache=True, error_model='numpy'{', parallel=True' if parallel else ''})\ndef {name}({', '.join(params)}):\n{text}\n"
     return Plan(name, source, inputs, list(outputs), views, out_shape)

@@ -158,10 +158,13 @@ def emit(program: Program, title: str = "") -> Emitted:
     result = []
     for v in program.outputs:
         expr = value(v)
-        result.append(expr if id(v) in fresh else f"np.array({expr}, copy=True)")
+        result.append(expr if id(v) in fresh else f"_own({expr})")
     inputs = "".join(f"{name(v)}, " for v in program.inputs)
     src = [f'"""mcc driver{": " + title if title else ""} (generated; do not edit)."""', "",
            "import numpy as np", *sorted(imports), "", "",
+           "def _own(x):",
+           "    return np.array(x, copy=True) if isinstance(x, np.ndarray) else x",
+           "", "",
            "def bind(C, A, F, K):",
            *(f"    {line}" for line in bind), "",
            "    def run(inputs):",

@@ -52,7 +52,7 @@ def _im2col_row(x, r, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols):  # prag
             cols[r, base + ow] = 0.0
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def im2col(x, c0, cin, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols):  # pragma: no cover - jitted
     """cols[(c, i, j), (oh, ow)] = x[c0 + c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] (0 outside)."""
     rows = cin * kh * kw
@@ -71,7 +71,7 @@ GEMM_BLOCKS = 8
 GEMM_BLOCK_MIN = 64
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def gemm(a, b, c):  # pragma: no cover - jitted
     """c = a @ b, cut into blocks that Numba's threads share, each block one single-threaded sgemm.
 
@@ -103,18 +103,18 @@ def gemm(a, b, c):  # pragma: no cover - jitted
                 sgemm(a[lo:hi], b, c[lo:hi])
 
 
-@njit(cache=True)
-def conv2d(x, w, cols, y, kh, kw, sh, sw, ph, pw, dh, dw, groups):  # pragma: no cover - jitted
+@njit(cache=True, error_model="numpy")
+def conv2d(x, w, cols, y, kh, kw, sh, sw, ph, pw, dh, dw, groups, wo):  # pragma: no cover - jitted
     """y[n, co, p] = sum over (ci, i, j) of w[g, co', (ci, i, j)] * x (im2col + sgemm per image, group).
 
     x: [N, C, H, W]; w: [groups, Co/groups, Ci/groups*kh*kw]; cols: scratch [Ci/groups*kh*kw, Ho*Wo];
-    y: [N, Co, Ho*Wo]. A 1x1, stride-1, unpadded convolution skips im2col: the image is the matrix.
+    y: [N, Co, Ho*Wo] with Ho*Wo pixels, Wo of them per row (the end pads only show in Ho, Wo).
+    A 1x1, stride-1, unpadded convolution skips im2col: the image is the matrix.
     """
     n_img, c = x.shape[0], x.shape[1]
     cig = c // groups
     cog = w.shape[1]
     ho_wo = y.shape[2]
-    wo = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     ho = ho_wo // wo
     direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
     for n in range(n_img):
@@ -155,7 +155,7 @@ def _depthwise_plane(x, w, y, n, ch, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma:
                         y[n, ch, oh, ow] += wt * x[n, ch, ih, ow * sw + off]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def depthwise2d(x, w, y, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover - jitted
     """One filter per channel: y[n, c] = x[n, c] (*) w[c] (cross-correlation), direct loops.
 
@@ -172,19 +172,19 @@ def depthwise2d(x, w, y, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover - 
             _depthwise_plane(x, w, y, nc // c, nc % c, kh, kw, sh, sw, ph, pw, dh, dw)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def matmul(a, b, y):  # pragma: no cover - jitted
     """y = a @ b for 2-D float32 arrays (sgemm)."""
     gemm(a, b, y)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def matmul_bt(a, bt, y):  # pragma: no cover - jitted
     """y = a @ bt.T, for a right-hand side stored transposed (Gemm transB, attention's K)."""
     gemm(a, np.ascontiguousarray(bt.T), y)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def batched_matmul(a, b, y):  # pragma: no cover - jitted
     """y[i] = a[i or 0] @ b[i or 0] over a leading batch dim (size-1 batches broadcast)."""
     nb = y.shape[0]
@@ -211,7 +211,7 @@ def _maxpool_plane(x, y, n, ch, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no c
             y[n, ch, oh, ow] = m
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def maxpool2d(x, y, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover - jitted
     """Max over each window; padding never wins (it is -inf, as ONNX specifies)."""
     c = x.shape[1]
@@ -243,7 +243,7 @@ def _avgpool_plane(x, y, n, ch, kh, kw, sh, sw, ph, pw, count_include_pad):  # p
             y[n, ch, oh, ow] = s / np.float32(max(cnt, 1))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def avgpool2d(x, y, kh, kw, sh, sw, ph, pw, count_include_pad):  # pragma: no cover - jitted
     """Mean over each window, dividing by the window's size or by its in-bounds part."""
     c = x.shape[1]
@@ -256,7 +256,7 @@ def avgpool2d(x, y, kh, kw, sh, sw, ph, pw, count_include_pad):  # pragma: no co
             _avgpool_plane(x, y, nc // c, nc % c, kh, kw, sh, sw, ph, pw, count_include_pad)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def global_avgpool(x, y):  # pragma: no cover - jitted
     """y[r] = mean(x[r, :]) for x viewed as [N*C, H*W] (accumulated in float64, as the reference)."""
     rows, n = x.shape
@@ -274,7 +274,7 @@ def global_avgpool(x, y):  # pragma: no cover - jitted
             y[r] = s / n
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def global_maxpool(x, y):  # pragma: no cover - jitted
     """y[r] = max(x[r, :]) for x viewed as [N*C, H*W]."""
     rows, n = x.shape
@@ -287,7 +287,7 @@ def global_maxpool(x, y):  # pragma: no cover - jitted
         y[r] = m
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def copy(x, y):  # pragma: no cover - jitted
     """y[...] = x (same size, both contiguous)."""
     y.reshape(-1)[:] = x.reshape(-1)

@@ -64,7 +64,12 @@ def _infer(g: Graph) -> None:
 
 
 def prepare(graph: Graph) -> Graph:
-    """Conv(x, w, b) -> Add(Conv(x, w), b[C,1,1]); Gemm(a, b, c) -> Add(Gemm(a, b), beta*c)."""
+    """Conv(x, w, b) -> Add(Conv(x, w), b[C,1,1]); Gemm(a, b, c) -> Add(Gemm(a, b), beta*c);
+    a QDQ-quantized Conv -> ConvInteger on the quantized tensors, scaled back (see `_integer_conv`)."""
+    for node in list(graph.nodes):
+        if node.op_type == "Conv":
+            _integer_conv(graph, node)
+    _fold_constant_dequantize(graph)
     for node in list(graph.nodes):
         if node.op_type == "Conv" and node.input(2) is not None:
             b = constant_value(node.input(2))
@@ -85,6 +90,95 @@ def prepare(graph: Graph) -> Graph:
             node.attributes.pop("beta", None)
             _split(graph, node, bias)
     return graph
+
+
+def _fold_constant_dequantize(graph: Graph) -> None:
+    """DequantizeLinear of constants (weights of layers not lowered as integer ops) becomes the
+    float constant: the graph-level folder keeps them on purpose, to preserve QDQ for export."""
+    from ir import Interpreter
+
+    interp = Interpreter()
+    for node in list(graph.nodes):
+        if node.op_type != "DequantizeLinear" or node.outputs[0].is_graph_output:
+            continue
+        ins = [constant_value(v) if v is not None else None for v in node.inputs]
+        if any(v is not None and c is None for v, c in zip(node.inputs, ins)):
+            continue
+        (out,) = interp.run_node(node, ins)
+        c = graph.add_initializer(graph.unique_name(node.outputs[0].name + "_const"), out)
+        graph.replace_value(node.outputs[0], c)
+        graph.remove(node)
+
+
+def _dq(v: Value | None) -> tuple[Value, np.ndarray, np.ndarray] | None:
+    """(quantized tensor, scale, zero point) when `v` is DequantizeLinear of an 8-bit tensor."""
+    if v is None or v.producer is None or v.producer.op_type != "DequantizeLinear":
+        return None
+    dq = v.producer
+    q = dq.inputs[0]
+    s = constant_value(dq.input(1))
+    zp = constant_value(dq.input(2)) if dq.input(2) is not None else np.zeros((), q.dtype.np if q.dtype else np.uint8)
+    if s is None or zp is None or q.dtype not in (DType.UINT8, DType.INT8) or v.dtype != DType.FLOAT:
+        return None
+    return q, s.astype(np.float32), zp
+
+
+def _integer_conv(graph: Graph, node: Node) -> bool:
+    """Conv(DQ(xq), DQ(wq), b) -> Add(Mul(Cast(ConvInteger(xq, wq, zx)), sx*sw[C,1,1]), b[C,1,1]).
+
+    The integer convolution is exact, and the scaling, bias, activation and the next layer's
+    QuantizeLinear then fuse into its epilogue: int8 in, int8 out, floats only in registers.
+    Taken when x is uint8 with one scale and zero point, and w is constant int8 with zero point 0
+    (per-tensor or per-output-channel scales), which is what `mcc compress --quantize int8` writes.
+    """
+    x, w = _dq(node.inputs[0]), _dq(node.inputs[1])
+    y = node.outputs[0]
+    if x is None or w is None or y.rank is None or y.rank < 3:
+        return False
+    (xq, sx, zx), (wq, sw, zw) = x, w
+    wc = constant_value(wq)
+    if (xq.dtype != DType.UINT8 or sx.size != 1 or zx.size != 1 or wc is None or wc.dtype != np.int8
+            or np.any(zw != 0) or sw.size not in (1, wc.shape[0])
+            or (w[0].producer is not None and False)):
+        return False
+    if sw.size > 1 and node.inputs[1].producer.attributes.get("axis", 1) not in (0, -wc.ndim):  # type: ignore[union-attr]
+        return False
+    bias = None
+    if node.input(2) is not None:
+        bq = _dq(node.input(2))
+        bc = constant_value(node.input(2))
+        if bc is None and node.input(2).producer is not None and node.input(2).producer.op_type == "DequantizeLinear":
+            p = node.input(2).producer
+            raw, sb = constant_value(p.inputs[0]), constant_value(p.input(1))
+            zb = constant_value(p.input(2)) if p.input(2) is not None else 0
+            if raw is None or sb is None:
+                return False
+            bc = ((raw.astype(np.int64) - zb).astype(np.float32) * sb.astype(np.float32)).astype(np.float32)
+        if bc is None:
+            return False
+        del bq
+        bias = bc.astype(np.float32)
+    co = wc.shape[0]
+    per = (-1,) + (1,) * (y.rank - 2)
+    name = node.name or "conv"
+    zx_v = graph.add_initializer(graph.unique_name(f"{name}_x_zero_point"), zx.reshape(()).astype(np.uint8))
+    ci = graph.make_node("ConvInteger", [xq, wq, zx_v], dict(node.attributes), 1,
+                         name=graph.unique_name(f"{name}_int"), before=node)
+    ci.outputs[0].type = TensorType(DType.INT32, y.shape)
+    f = graph.make_node("Cast", [ci.outputs[0]], {"to": int(DType.FLOAT)}, 1, name=graph.unique_name(f"{name}_acc"),
+                        before=node)
+    f.outputs[0].type = y.type
+    scale = graph.add_initializer(graph.unique_name(f"{name}_scale"),
+                                  (np.broadcast_to(sx.reshape(()) * sw.reshape(-1), (co,)).astype(np.float32)).reshape(per))
+    out = graph.make_node("Mul", [f.outputs[0], scale], {}, 1, name=graph.unique_name(f"{name}_rescale"), before=node)
+    out.outputs[0].type = y.type
+    if bias is not None:
+        b = graph.add_initializer(graph.unique_name(f"{name}_bias"), np.broadcast_to(bias.reshape(-1), (co,)).reshape(per))
+        out = graph.make_node("Add", [out.outputs[0], b], {}, 1, name=graph.unique_name(f"{name}_bias"), before=node)
+        out.outputs[0].type = y.type
+    graph.replace_value(y, out.outputs[0])
+    graph.remove(node)
+    return True
 
 
 def _split(graph: Graph, node: Node, bias: Value) -> None:
@@ -196,7 +290,7 @@ def _elementwise(run: list[Node], outputs: list[Value]) -> list[Call] | None:
 def _arg(v: Value, view: tuple[int, ...]) -> Use | Const:
     c = constant_value(v)
     if c is not None:
-        return Const(np.ascontiguousarray(c, np.float32).reshape(view))
+        return Const(np.ascontiguousarray(c).reshape(view))
     return Use(v, view)
 
 
@@ -266,6 +360,7 @@ def lower(graph: Graph, shapes: Mapping[str, tuple[int, ...]], *,
     g = specialize(graph, shapes)
     dump("specialize", g)
     prepare(g)
+    passes.run(g, "dce")
     dump("prepare", g)
     fuse(g)
     dump("fuse", g)

@@ -132,7 +132,8 @@ def conv(node: Node) -> list[Call] | None:
     wm = np.ascontiguousarray(wc.reshape(group, cog, cig * kh * kw))
     direct = kh == kw == 1 and sh == sw == 1 and ph == pw == 0
     cols = Scratch((1, 1) if direct else (cig * kh * kw, y4[2] * y4[3]), np.dtype(np.float32))
-    return [Call(node, k("conv2d"), [Use(x, x4), Const(wm), cols, Use(y, (n, co, y4[2] * y4[3])), *lits, Lit(group)],
+    return [Call(node, k("conv2d"), [Use(x, x4), Const(wm), cols, Use(y, (n, co, y4[2] * y4[3])), *lits, Lit(group),
+                                     Lit(y4[3])],
                  [y], note="1x1 as gemm" if direct else "im2col + gemm")]
 
 

@@ -115,10 +115,19 @@ def fallback_fn(node: Node, reads: Sequence[Value]) -> Callable[..., tuple[Any, 
         env = {id(v): a for v, a in zip(outer, args[len(present):])}
         ctx = EvalContext(node, node.opset, interp._subgraph_runner(env, None), interp.rng)
         outs = interp._call(op, ctx, node, full)
-        return tuple(np.require(o, dt, 'C') if isinstance(o, np.ndarray) and dt is not None else o
-                     for o, dt in zip(outs, dtypes))
+        return tuple(_own(o, dt) for o, dt in zip(outs, dtypes))
 
     return run
+
+
+def _own(o: Any, dtype: Any) -> Any:
+    """A fallback's result as an array of its own: reference ops may return their input or a view
+    of it (Identity, Reshape), and inputs can live in the arena, which later kernels overwrite."""
+    if not isinstance(o, np.ndarray):
+        return o
+    if o.base is not None or not o.flags.c_contiguous or (dtype is not None and o.dtype != dtype):
+        return np.array(o, dtype=dtype, order="C", copy=True)
+    return o
 
 
 class Executable:

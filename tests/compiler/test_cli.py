@@ -24,7 +24,10 @@ def test_inspect_json_has_the_documented_keys() -> None:
     r = mcc("inspect", str(DATA / "digits_cnn.onnx"), "--json")
     assert r.returncode == 0, r.stderr
     facts = json.loads(r.stdout)
-    assert set(facts) == {"inputs", "outputs", "nodes", "op_counts", "params", "macs", "kernels"}
+    assert set(facts) == {"inputs", "outputs", "nodes", "op_counts", "params", "macs", "kernels", "cpu"}
+    # what the cpu target runs natively, and what it leaves to the reference (with counts)
+    assert facts["cpu"]["native"] >= facts["kernels"] - sum(facts["cpu"]["fallback_ops"].values())
+    assert all(isinstance(n, int) and n > 0 for n in facts["cpu"]["fallback_ops"].values())
     assert facts["inputs"] == [{"name": "image", "dtype": "float", "shape": ["batch", 1, 16, 16]}]
     assert facts["outputs"][0]["name"] == "logits"
     assert facts["op_counts"]["Conv"] == 8 and facts["op_counts"]["BatchNormalization"] == 8
@@ -70,8 +73,14 @@ def test_compile_then_run_artifact(tmp_path: Path, digits_data: dict[str, np.nda
     r = mcc("compile", str(DATA / "digits_cnn.onnx"), "-o", str(art), "--target", "reference")
     assert r.returncode == 0, r.stderr
     first = art.read_bytes()
-    assert mcc("compile", str(DATA / "digits_cnn.onnx"), "-o", str(art)).returncode == 0
+    assert mcc("compile", str(DATA / "digits_cnn.onnx"), "-o", str(art), "--target", "reference").returncode == 0
     assert art.read_bytes() == first  # deterministic artifact
+    r = mcc("compile", str(DATA / "digits_cnn.onnx"), "-o", str(art))  # the native target, the default
+    assert r.returncode == 0, r.stderr
+    assert "reference" in r.stdout  # it says which ops fall back (Concat, until it is native)
+    first = art.read_bytes()
+    assert mcc("compile", str(DATA / "digits_cnn.onnx"), "-o", str(art)).returncode == 0
+    assert art.read_bytes() == first
     x = digits_data["test_images"][:5]
     np.save(tmp_path / "x.npy", x)
     r = mcc("run", str(art), "--input", f"image={tmp_path / 'x.npy'}", "-o", str(tmp_path / "out.npz"))
