@@ -144,12 +144,13 @@ _HALF = np.float32(0.5)
 
 @njit(inline="always")
 def _max(a, b):
-    return a if (a >= b or a != a) else b
+    # np.maximum/np.minimum propagate NaN like numpy and, unlike a conditional, vectorise
+    return np.maximum(a, b)
 
 
 @njit(inline="always")
 def _min(a, b):
-    return a if (a <= b or a != a) else b
+    return np.minimum(a, b)
 
 
 @njit(inline="always")

@@ -301,8 +301,8 @@ def _single(node: Node) -> list[Call] | None:
     tensors = [v for v in list(node.inputs) + list(node.outputs) if v is not None]
     if not all(static(v) for v in tensors if constant_value(v) is None or v in node.outputs):
         return None
-    if any(d == 0 for v in tensors if v.shape is not None for d in v.shape):
-        return None
+    if any(d == 0 for v in tensors if v.shape is not None and constant_value(v) is None for d in v.shape):
+        return None  # empty constants are how old exporters omit optional inputs (Resize's roi)
     return fn(node)
 
 

@@ -17,6 +17,8 @@ from ir.ops import constant_value
 from ir.ops.nn import _spatial_attrs, _window_geometry
 
 from ..program import Call, Const, Kernel, Lit, Scratch, Use
+from . import sparse
+from .sgemm import pack_a
 
 Rule = Callable[[Node], "list[Call] | None"]
 RULES: dict[str, Rule] = {}
@@ -129,12 +131,42 @@ def conv(node: Node) -> list[Call] | None:
         return [Call(node, k("depthwise2d"), [Use(x, x4), Const(wc.reshape(c, kh, kw)), Use(y, y4), *lits],
                      [y], note="depthwise")]
     cig, cog = c // group, co // group
-    wm = np.ascontiguousarray(wc.reshape(group, cog, cig * kh * kw))
     direct = kh == kw == 1 and sh == sw == 1 and ph == pw == 0
-    cols = Scratch((1, 1) if direct else (cig * kh * kw, y4[2] * y4[3]), np.dtype(np.float32))
+    pixels = y4[2] * y4[3]
+    if group == 1:
+        sparse = _sparse_conv(node, wc, x, y, x4, y4, lits, direct)
+        if sparse is not None:
+            return sparse
+    wm = np.stack([pack_a(np.ascontiguousarray(wg, np.float32)) for wg in wc.reshape(group, cog, cig * kh * kw)])
+    cols = Scratch((1, 1) if direct else (cig * kh * kw, pixels), np.dtype(np.float32))
     return [Call(node, k("conv2d"), [Use(x, x4), Const(wm), cols, Use(y, (n, co, y4[2] * y4[3])), *lits, Lit(group),
                                      Lit(y4[3])],
                  [y], note="1x1 as gemm" if direct else "im2col + gemm")]
+
+
+def _sparse_conv(node: Node, wc: np.ndarray, x: Value, y: Value, x4: tuple[int, ...], y4: tuple[int, ...],
+                 lits: list[Lit], direct: bool) -> list[Call] | None:
+    """Sparse weights (70%+ zeros, or 2:4) run as sparse x dense products when the cost model of
+    `codegen.cpu.sparse` says that beats the dense sgemm for this layer's size."""
+    co, ci = wc.shape[0], wc.shape[1]
+    pixels = y4[2] * y4[3]
+    channel_major = wc.reshape(co, -1).astype(np.float32)
+    tap_major = np.ascontiguousarray(wc.reshape(co, ci, -1).transpose(0, 2, 1).reshape(co, -1), np.float32)
+    fmt = sparse.choose_format(channel_major, p=pixels)
+    if fmt is None and sparse.is_two_of_four(tap_major):
+        fmt = sparse.choose_format(tap_major, p=pixels)
+    if fmt is None:
+        return None
+    cols = Scratch((1, 1) if direct else (channel_major.shape[1], pixels), np.dtype(np.float32))
+    yv = Use(y, (y4[0], co, pixels))
+    if fmt == "csr":
+        sw = sparse.pack(channel_major, "csr")
+        arrays = [Const(sw.arrays["indptr"]), Const(sw.arrays["indices"]), Const(sw.arrays["values"])]
+        return [Call(node, k("conv2d_csr"), [Use(x, x4), *arrays, cols, yv, *lits, Lit(y4[3])], [y],
+                     note=f"sparse csr, {1 - sw.nnz / channel_major.size:.0%} zeros")]
+    sw = sparse.pack(tap_major, "2:4")
+    return [Call(node, k("conv2d_24"), [Use(x, x4), Const(sw.arrays["values"]), Const(sw.arrays["idx"]), cols, yv,
+                                        *lits, Lit(y4[3])], [y], note="sparse 2:4")]
 
 
 # -- matrix products --------------------------------------------------------------------------
