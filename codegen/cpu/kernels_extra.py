@@ -116,10 +116,17 @@ _F = np.float32
 
 
 @njit(inline="always")
+def _nearest(v):  # pragma: no cover - jitted
+    """v rounded to the nearest integer (ties to even) by the 1.5 * 2**23 trick, for |v| < 2**22:
+    np.floor on a scalar is a libm call that keeps the loop scalar; this is two vector adds."""
+    return (v + _F(12582912.0)) - _F(12582912.0)
+
+
+@njit(inline="always")
 def _exp_poly(d):  # pragma: no cover - jitted
     """e^r for d = k ln2 + r, |r| <= ln2/2 (d clamped to -87): Cephes' expf polynomial, within 1 ulp."""
-    c = max(d, _F(-87.0))
-    k = np.floor(c * _F(1.44269504088896341) + _F(0.5))
+    c = np.maximum(d, _F(-87.0))
+    k = _nearest(c * _F(1.44269504088896341))
     r = c - k * _F(0.693359375) - k * _F(-2.12194440e-4)
     p = ((((_F(1.9875691500e-4) * r + _F(1.3981999507e-3)) * r + _F(8.3334519073e-3)) * r
           + _F(4.1665795894e-2)) * r + _F(1.6666665459e-1)) * r + _F(5.0000001201e-1)
@@ -130,10 +137,11 @@ def _exp_poly(d):  # pragma: no cover - jitted
 def _exp_scale(d, bits):  # pragma: no cover - jitted
     """The bits of e^d from those of `_exp_poly(d)`: k added to the exponent field (0 below the
     smallest normal float, where the reference has a subnormal; -inf gives 0; NaN stays NaN)."""
-    c = max(d, _F(-87.0))
-    k = np.int32(np.floor(c * _F(1.44269504088896341) + _F(0.5)))
+    c = np.maximum(d, _F(-87.0))
+    k = np.int32(_nearest(c * _F(1.44269504088896341)))
     v = bits + (k << 23)
-    return np.int32(0) if d < _F(-87.33654) else (v if d == d else bits)
+    # selects written as arithmetic on 0/1 masks: conditionals keep this loop scalar
+    return np.int32(d >= _F(-87.33654)) * v + np.int32(d != d) * bits
 
 
 @njit(cache=True)

@@ -43,10 +43,39 @@ def specialize(graph: Graph, shapes: Mapping[str, tuple[int, ...]]) -> Graph:
             if isinstance(out.type, TensorType) and out.type.shape is not None and any(
                     not isinstance(d, int) for d in out.type.shape):
                 out.type = TensorType(out.type.dtype, None)  # forget symbolic dims: they are bound now
-    _infer(g)
-    passes.run(g, "fold-constants,dce")
+    for _ in range(8):  # shapes feed Reshape/Resize targets: fold, infer again, until nothing moves
+        _infer(g)
+        folded = _fold_shapes(g)
+        passes.run(g, "fold-constants,dce")
+        if not folded:
+            break
     _infer(g)
     return g
+
+
+def _static_input(node: Node) -> bool:
+    v = node.inputs[0]
+    return v is not None and v.shape is not None and all(isinstance(d, int) for d in v.shape)
+
+
+def _fold_shapes(g: Graph) -> bool:
+    """Shape and Size of tensors whose shape is now known become constants (their own references
+    compute the value from a placeholder of that shape)."""
+    from ir import Interpreter
+
+    interp = Interpreter()
+    changed = False
+    for node in list(g.nodes):
+        if node.op_type not in ("Shape", "Size") or not _static_input(node) or node.outputs[0].is_graph_output:
+            continue
+        x = node.inputs[0]
+        placeholder = np.broadcast_to(np.zeros((), x.dtype.np if x.dtype is not None else np.float32), x.shape)
+        (value,) = interp.run_node(node, [placeholder])
+        c = g.add_initializer(g.unique_name(node.outputs[0].name + "_static"), np.asarray(value))
+        g.replace_value(node.outputs[0], c)
+        g.remove(node)
+        changed = True
+    return changed
 
 
 def _infer(g: Graph) -> None:
