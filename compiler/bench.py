@@ -411,10 +411,19 @@ def _gflops(macs: int, ms: float) -> float:
     return 2.0 * macs / (ms * 1e-3) / 1e9 if ms > 0 else 0.0
 
 
+#: Whether onnxruntime's idle worker threads may spin (its default). Off for interleaved runs: a
+#: spinning pool keeps a core busy while the other runtime's turn has started, and mcc's (TBB) pool
+#: sleeps when idle, so leaving it on measures onnxruntime's spinning more than mcc. MCC_BENCH_ORT_SPIN=1
+#: restores onnxruntime's default.
+ORT_SPIN = os.environ.get("MCC_BENCH_ORT_SPIN", "0") == "1"
+
+
 def _ort_session(model_bytes: bytes, threads: int, name: str) -> Any:
     ort = require_onnxruntime()
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
+    if not ORT_SPIN:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -239,3 +239,32 @@ def test_corrupt_artifact_is_one_clear_error(tmp_path: Path) -> None:
     _rewrite_manifest(tmp_path / "a.mcc", tmp_path / "c.mcc", drop_weights)
     with pytest.raises(compiler.ArtifactError, match="incomplete or corrupt"):
         compiler.load(tmp_path / "c.mcc")
+
+
+# -- compressed models ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [
+    {"quantize": "int8"},
+    {"sparsity": 0.7},
+    {"sparsity": 0.5, "sparsity_pattern": "2:4"},
+    {"channel_prune": 0.5},
+], ids=["int8", "sparse70", "sparse2of4", "pruned50"])
+def test_compressed_digits_keep_onnxruntime_accuracy(options: dict) -> None:  # type: ignore[type-arg]
+    """Compiled for cpu, a compressed model is as accurate as onnxruntime running its ONNX."""
+    data = np.load(DATA / "digits_data.npz")
+    x, y = data["test_images"].astype(np.float32), data["test_labels"]
+    g = compiler.compress(DATA / "digits_cnn.onnx", calibration=DATA / "digits_calibration.npz", **options)
+    proto = compiler.export_onnx(g)
+    ours = compiler.compile(g).run({"image": x})["logits"].argmax(1)
+    theirs = ort_run(proto, {"image": x}, level="ORT_ENABLE_ALL")[0].argmax(1)
+    acc_ours, acc_ort = float((ours == y).mean()), float((theirs == y).mean())
+    assert abs(acc_ours - acc_ort) <= 0.005, (acc_ours, acc_ort)
+    assert acc_ours >= 0.97
+    program = lower(g, {"image": (64, 1, 16, 16)})
+    notes = " ".join(c.note for c in program.calls)
+    if "sparsity" in options:
+        assert "sparse" in notes  # at batch 64 the cost model takes the sparse kernels
+    if "quantize" in options:
+        assert any(c.node.op_type == "ConvInteger" for c in program.calls)
+        assert not any(c.node.op_type == "DequantizeLinear" and c.kernel is None for c in program.calls)

@@ -1,4 +1,5 @@
-"""The official ONNX backend test suite through `compiler.Backend` (reference target).
+"""The official ONNX backend test suite through `compiler.Backend` (the native cpu target: every case
+is lowered, its kernels generated and compiled; ops without a kernel run their reference semantics).
 
 Counts, not per-case tests: the suite has 1,884 node tests and mcc does not implement every exotic op
 (strings, ML domain, training ops). What must hold: at least 1,200 node tests pass, every light model
