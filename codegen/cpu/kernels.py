@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from .sgemm import sgemm, sgemm_packed_a
+from .qgemm import qgemm_s8u8_nchw
 from .sparse import spmm_24, spmm_csr
 
 
@@ -21,7 +22,7 @@ PARALLEL_MIN = 32768
 
 
 @njit(inline="always")
-def _im2col_row(x, r, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols, cin=0):  # pragma: no cover - jitted
+def _im2col_row(x, r, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols, cin=0, pad=0):  # pragma: no cover
     # row r is (c, i, j) channel-major, or (i, j, c) tap-major when cin > 0 (2:4 sparse weights
     # group 4 consecutive input channels of one tap, so their rows must be neighbours)
     h, w = x.shape[1], x.shape[2]
@@ -46,10 +47,10 @@ def _im2col_row(x, r, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols, cin=0): 
         base = oh * wo
         if ih < 0 or ih >= h:
             for ow in range(wo):
-                cols[r, base + ow] = 0.0
+                cols[r, base + ow] = pad
             continue
         for ow in range(lo):
-            cols[r, base + ow] = 0.0
+            cols[r, base + ow] = pad
         if sw == 1:
             for ow in range(lo, hi):
                 cols[r, base + ow] = x[c0 + c, ih, ow + off]
@@ -57,21 +58,21 @@ def _im2col_row(x, r, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols, cin=0): 
             for ow in range(lo, hi):
                 cols[r, base + ow] = x[c0 + c, ih, ow * sw + off]
         for ow in range(hi, wo):
-            cols[r, base + ow] = 0.0
+            cols[r, base + ow] = pad
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def im2col(x, c0, cin, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols, tap_major=False):  # pragma: no cover
-    """cols[(c, i, j), (oh, ow)] = x[c0 + c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] (0 outside);
-    rows ordered (i, j, c) instead when `tap_major`."""
+def im2col(x, c0, cin, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols, tap_major=False, pad=0):  # pragma: no cover
+    """cols[(c, i, j), (oh, ow)] = x[c0 + c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] (`pad` outside:
+    0, or a quantized input's zero point); rows ordered (i, j, c) instead when `tap_major`."""
     rows = cin * kh * kw
     order = cin if tap_major else 0
     if rows * ho * wo < PARALLEL_MIN:
         for r in range(rows):
-            _im2col_row(x, r, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols, order)
+            _im2col_row(x, r, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols, order, pad)
     else:
         for r in prange(rows):
-            _im2col_row(x, r, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols, order)
+            _im2col_row(x, r, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols, order, pad)
 
 
 @njit(cache=True, error_model="numpy")
@@ -137,6 +138,51 @@ def conv2d_24(x, values, idx, cols, y, kh, kw, sh, sw, ph, pw, dh, dw, wo):  # p
         else:
             im2col(x[n], 0, c, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols, True)
             spmm_24(values, idx, cols, y[n])
+
+
+@njit(cache=True, error_model="numpy")
+def conv_integer(x, wp, wsum, zx, cols, y, kh, kw, sh, sw, ph, pw, dh, dw, wo, exact8):  # pragma: no cover
+    """ConvInteger, u8 activations x s8 weights -> exact int32: y = sum w * (x - zx).
+
+    x: uint8 [N, C, H, W]; wp: `qgemm.pack_weights` of w [Co, C*kh*kw]; wsum: int32 [Co], the sum
+    of each filter (the zero point comes off afterwards: sum w*x - zx*sum w); cols: uint8 scratch
+    [padded_k(C*kh*kw), Ho*Wo], padded with the zero point; y: int32 [N, Co, Ho*Wo].
+    """
+    n_img, c = x.shape[0], x.shape[1]
+    co = y.shape[1]
+    ho = y.shape[2] // wo
+    for n in range(n_img):
+        im2col(x[n], 0, c, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols, False, zx)
+        qgemm_s8u8_nchw(wp, cols, y[n], exact8)
+        if zx != 0:
+            for o in range(co):
+                corr = np.int32(zx * wsum[o])
+                yr = y[n, o]
+                for i in range(yr.shape[0]):
+                    yr[i] -= corr
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def depthwise_integer(x, w, zx, y, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover - jitted
+    """Depthwise ConvInteger: y[n, c] = sum over taps of w[c] * (x[n, c] - zx), exact in int32."""
+    n_img, c, h, wd = x.shape
+    ho, wo = y.shape[2], y.shape[3]
+    for nc in prange(n_img * c):
+        n = nc // c
+        ch = nc % c
+        for oh in range(ho):
+            yr = y[n, ch, oh]
+            for ow in range(wo):
+                acc = np.int32(0)
+                for i in range(kh):
+                    ih = oh * sh - ph + i * dh
+                    if ih < 0 or ih >= h:
+                        continue
+                    for j in range(kw):
+                        iw = ow * sw - pw + j * dw
+                        if iw >= 0 and iw < wd:
+                            acc += np.int32(w[ch, i, j]) * (np.int32(x[n, ch, ih, iw]) - np.int32(zx))
+                yr[ow] = acc
 
 
 @njit(inline="always")

@@ -17,7 +17,7 @@ from ir.ops import constant_value
 from ir.ops.nn import _spatial_attrs, _window_geometry
 
 from ..program import Call, Const, Kernel, Lit, Scratch, Use
-from . import sparse
+from . import qgemm, sparse
 from .sgemm import pack_a
 
 Rule = Callable[[Node], "list[Call] | None"]
@@ -167,6 +167,45 @@ def _sparse_conv(node: Node, wc: np.ndarray, x: Value, y: Value, x4: tuple[int, 
     sw = sparse.pack(tap_major, "2:4")
     return [Call(node, k("conv2d_24"), [Use(x, x4), Const(sw.arrays["values"]), Const(sw.arrays["idx"]), cols, yv,
                                         *lits, Lit(y4[3])], [y], note="sparse 2:4")]
+
+
+@rule("ConvInteger")
+def conv_integer(node: Node) -> list[Call] | None:
+    """u8 x s8 convolution through the integer microkernels of `qgemm` (exact int32); depthwise
+    ones run direct loops. The quantized tensors come from `prepare`'s QDQ rewrite."""
+    x, w = node.inputs[0], node.inputs[1]
+    y = node.outputs[0]
+    wc = constant_value(w)
+    zxv = constant_value(node.input(2)) if node.input(2) is not None else np.zeros((), np.uint8)
+    zw = constant_value(node.input(3)) if node.input(3) is not None else np.zeros((), np.int8)
+    if (not static(x) or not static(y) or x.dtype != DType.UINT8 or wc is None or wc.dtype != np.int8
+            or zxv is None or zxv.size != 1 or zw is None or np.any(zw != 0) or len(shape(x)) != 4):
+        return None
+    a = attrs(node)
+    kernel = list(a.get("kernel_shape") or wc.shape[2:])
+    geo = _geometry(node, x, kernel, a)
+    if geo is None:
+        return None
+    (sh, sw), (dh, dw), (ph, pw) = geo
+    kh, kw = kernel
+    xs, ys = shape(x), shape(y)
+    c, co = xs[1], ys[1]
+    group = int(a.get("group", 1))
+    zx = int(zxv.reshape(-1)[0])
+    lits = [Lit(v) for v in (kh, kw, sh, sw, ph, pw, dh, dw)]
+    if group == c == co and group > 1:
+        return [Call(node, k("depthwise_integer"), [Use(x), Const(np.ascontiguousarray(wc.reshape(c, kh, kw))),
+                                                    Lit(zx), Use(y), *lits], [y], note="depthwise int8")]
+    if group != 1:
+        return None
+    wm = np.ascontiguousarray(wc.reshape(co, -1))
+    kk = wm.shape[1]
+    exact8 = bool(wm.min() < -64 or wm.max() > 63)  # 7-bit weights cannot saturate vpmaddubsw
+    cols = Scratch((qgemm.padded_k(kk), ys[2] * ys[3]), np.dtype(np.uint8))
+    return [Call(node, k("conv_integer"), [Use(x), Const(qgemm.pack_weights(wm)),
+                                           Const(wm.astype(np.int32).sum(axis=1).astype(np.int32)), Lit(zx), cols,
+                                           Use(y, (ys[0], co, ys[2] * ys[3])), *lits, Lit(ys[3]), Lit(exact8)],
+                 [y], note=f"int8 {qgemm.HOST_ISA}{' exact8' if exact8 else ''}")]
 
 
 # -- matrix products --------------------------------------------------------------------------
