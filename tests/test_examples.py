@@ -48,3 +48,13 @@ def test_prune_digits_example() -> None:
     pruned = next(k for k in rows if k.startswith("channels"))
     assert rows[pruned][0] >= 95.99 and float(macs[pruned]) <= 0.53 * float(macs["original"])
     assert rows["70% sparse"][0] >= 96.99 and rows["2:4 sparse"][0] >= 96.99
+
+
+def test_compile_digits_example() -> None:
+    out = _run("compile_digits.py", "--threads", "1")
+    rows = {m.group(1): (float(m.group(2)), m.group(3)) for m in
+            re.finditer(r"^(\w+(?: \d+%)?)\s+accuracy ([\d.]+)%.*reference fallbacks: (.*)$", out, re.M)}
+    assert set(rows) == {"fp32", "int8", "sparse 70%", "pruned 50%"}, out
+    assert rows["fp32"][0] == 97.99 and rows["int8"][0] == 97.99  # as onnxruntime gives on their ONNX
+    assert rows["sparse 70%"][0] >= 97.0 and rows["pruned 50%"][0] >= 97.0
+    assert all(fallbacks == "none" for _, fallbacks in rows.values()), out

@@ -17,7 +17,7 @@ from ir.ops import constant_value
 from ir.ops.nn import _spatial_attrs, _window_geometry
 
 from ..program import Call, Const, Kernel, Lit, Scratch, Use
-from . import qgemm, sparse
+from . import direct_conv, qgemm, sparse
 from .sgemm import pack_a
 
 Rule = Callable[[Node], "list[Call] | None"]
@@ -137,6 +137,10 @@ def conv(node: Node) -> list[Call] | None:
         sparse = _sparse_conv(node, wc, x, y, x4, y4, lits, direct)
         if sparse is not None:
             return sparse
+        if direct_conv.worth_it(c, co, kh, kw, sh, y4[2], y4[3]):
+            wd = direct_conv.pack(np.ascontiguousarray(wc.reshape(co, c, kh, kw), np.float32))
+            return [Call(node, k("conv2d_direct", "codegen.cpu.direct_conv"), [Use(x, x4), Const(wd), Use(y, y4), *lits],
+                         [y], note="direct")]
     wm = np.stack([pack_a(np.ascontiguousarray(wg, np.float32)) for wg in wc.reshape(group, cog, cig * kh * kw)])
     cols = Scratch((1, 1) if direct else (cig * kh * kw, pixels), np.dtype(np.float32))
     return [Call(node, k("conv2d"), [Use(x, x4), Const(wm), cols, Use(y, (n, co, y4[2] * y4[3])), *lits, Lit(group),
