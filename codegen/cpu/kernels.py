@@ -360,7 +360,7 @@ def global_avgpool(x, y):  # pragma: no cover - jitted
             y[r] = s / n
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def global_maxpool(x, y):  # pragma: no cover - jitted
     """y[r] = max(x[r, :]) for x viewed as [N*C, H*W]."""
     rows, n = x.shape
