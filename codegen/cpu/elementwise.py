@@ -160,7 +160,8 @@ def _add(a, b):
 
 @njit(inline="always")
 def _sigmoid(x):
-    return _ONE / (_ONE + np.exp(-x)) if x >= _ZERO else np.exp(x) / (_ONE + np.exp(x))
+    # branch-free (a branch keeps the loop scalar); exp(-x) overflowing to inf gives exactly 0
+    return _ONE / (_ONE + np.exp(-x))
 
 
 @njit(inline="always")

@@ -35,6 +35,7 @@ def specialize(graph: Graph, shapes: Mapping[str, tuple[int, ...]]) -> Graph:
     """A copy of `graph` (unfused) whose inputs have the given concrete shapes, re-inferred and folded."""
     g = graph.copy()
     passes.run(g, "unfuse")
+    _raise_opset(g)
     for v in g.inputs:
         if v.name in shapes and isinstance(v.type, TensorType):
             v.type = TensorType(v.type.dtype, tuple(int(d) for d in shapes[v.name]))
@@ -76,6 +77,30 @@ def _fold_shapes(g: Graph) -> bool:
         g.remove(node)
         changed = True
     return changed
+
+
+#: Kernels' favourite opset: LayerNormalization exists from 17, and canonicalize then recognises the
+#: decomposed LayerNorm that exporters write for older opsets (one kernel instead of five).
+LOWERING_OPSET = 17
+
+
+def _raise_opset(g: Graph) -> None:
+    """Move a graph at opset 13-16 to 17, with every attribute pinned to the value it had, so no
+    default that changed in between (RoiAlign's, ScatterND's) changes meaning. Between 13 and 17 no
+    op moved an attribute to an input, so the nodes mean exactly what they meant; then canonicalize
+    can use the newer ops. The graph is the lowering's private copy: exported models are unchanged."""
+    from ir import get_op
+
+    opset = g.opset("")
+    if not 13 <= opset < LOWERING_OPSET:
+        return
+    for node in g.all_nodes():
+        op = get_op(node.op_type, node.domain)
+        if op is not None and node.domain in ("", "ai.onnx"):
+            resolved = op.resolve_attrs(node.attributes, node.opset)
+            node.attributes = {k: v for k, v in resolved.items() if v is not None}
+    g.opset_imports[""] = LOWERING_OPSET
+    passes.run(g, "canonicalize,dce")
 
 
 def _infer(g: Graph) -> None:
