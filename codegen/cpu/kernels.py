@@ -21,7 +21,7 @@ from .sparse import spmm_24, spmm_csr
 PARALLEL_MIN = 32768
 
 
-@njit(inline="always")
+@njit(cache=True, error_model="numpy")  # called, not inlined: parfor bodies vectorise worse
 def _im2col_row(x, r, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols, cin=0, pad=0):  # pragma: no cover
     # row r is (c, i, j) channel-major, or (i, j, c) tap-major when cin > 0 (2:4 sparse weights
     # group 4 consecutive input channels of one tap, so their rows must be neighbours)
@@ -185,7 +185,7 @@ def depthwise_integer(x, w, zx, y, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: n
                 yr[ow] = acc
 
 
-@njit(inline="always")
+@njit(cache=True, error_model="numpy")  # called, not inlined: parfor bodies vectorise worse
 def _depthwise_plane(x, w, y, n, ch, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover - jitted
     # per output row, each tap adds a shifted input row: 1-D views and unit-stride loops are what
     # LLVM vectorises (4-D indexing with offsets in the inner loop stayed scalar, 10x slower)
@@ -265,7 +265,7 @@ def _nanmax(a, b):  # pragma: no cover - jitted
     return np.maximum(a, b)
 
 
-@njit(inline="always")
+@njit(cache=True, error_model="numpy")  # called, not inlined: parfor bodies vectorise worse
 def _maxpool_plane(x, y, n, ch, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover - jitted
     # separable: the max down the kh input rows of a window first, over whole contiguous rows (a
     # select per element, which LLVM vectorises), then across the kw taps at the strided columns;
@@ -274,26 +274,57 @@ def _maxpool_plane(x, y, n, ch, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no c
     wo = y.shape[3]
     col = np.empty(wd, np.float32)
     for oh in range(y.shape[2]):
-        for iw in range(wd):
-            col[iw] = -np.inf
-        for i in range(kh):
-            ih = oh * sh - ph + i * dh
-            if ih >= 0 and ih < h:
-                xr = x[n, ch, ih]
-                for iw in range(wd):
-                    col[iw] = _nanmax(xr[iw], col[iw])
+        ih0 = oh * sh - ph
+        if kh == 3 and ih0 >= 0 and ih0 + 2 * dh < h:  # the common window, in one fused pass
+            r0, r1, r2 = x[n, ch, ih0], x[n, ch, ih0 + dh], x[n, ch, ih0 + 2 * dh]
+            for iw in range(wd):
+                col[iw] = _nanmax(_nanmax(r0[iw], r1[iw]), r2[iw])
+        else:
+            for iw in range(wd):
+                col[iw] = -np.inf
+            for i in range(kh):
+                ih = ih0 + i * dh
+                if ih >= 0 and ih < h:
+                    xr = x[n, ch, ih]
+                    for iw in range(wd):
+                        col[iw] = _nanmax(xr[iw], col[iw])
         yr = y[n, ch, oh]
+        # columns whose whole window is inside: [lo, hi); 3-wide windows (the common case) get a
+        # loop with the taps written out, which LLVM vectorises; the rest take the general path
+        lo = 0
+        while lo < wo and lo * sw - pw < 0:
+            lo += 1
+        hi = wo
+        while hi > lo and (hi - 1) * sw - pw + (kw - 1) * dw >= wd:
+            hi -= 1
+        if kw == 3 and dw == 1 and sw == 2:  # strides as literals: LLVM vectorises the interleaved loads
+            for ow in range(lo, hi):
+                b = 2 * ow - pw
+                yr[ow] = _nanmax(_nanmax(col[b], col[b + 1]), col[b + 2])
+        elif kw == 3 and dw == 1 and sw == 1:
+            for ow in range(lo, hi):
+                b = ow - pw
+                yr[ow] = _nanmax(_nanmax(col[b], col[b + 1]), col[b + 2])
+        elif kw == 3:
+            for ow in range(lo, hi):
+                b = ow * sw - pw
+                yr[ow] = _nanmax(_nanmax(col[b], col[b + dw]), col[b + 2 * dw])
+        else:
+            for ow in range(lo, hi):
+                b = ow * sw - pw
+                m = col[b]
+                for j in range(1, kw):
+                    m = _nanmax(col[b + j * dw], m)
+                yr[ow] = m
         for ow in range(wo):
+            if ow >= lo and ow < hi:
+                continue
             base = ow * sw - pw
             m = np.float32(-np.inf)
-            if base >= 0 and base + (kw - 1) * dw < wd:
-                for j in range(kw):
-                    m = _nanmax(col[base + j * dw], m)
-            else:
-                for j in range(kw):
-                    iw = base + j * dw
-                    if iw >= 0 and iw < wd:
-                        m = _nanmax(col[iw], m)
+            for j in range(kw):
+                iw = base + j * dw
+                if iw >= 0 and iw < wd:
+                    m = _nanmax(col[iw], m)
             yr[ow] = m
 
 
@@ -310,7 +341,7 @@ def maxpool2d(x, y, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover - jitte
             _maxpool_plane(x, y, nc // c, nc % c, kh, kw, sh, sw, ph, pw, dh, dw)
 
 
-@njit(inline="always")
+@njit(cache=True, error_model="numpy")  # called, not inlined: parfor bodies vectorise worse
 def _avgpool_plane(x, y, n, ch, kh, kw, sh, sw, ph, pw, count_include_pad):  # pragma: no cover - jitted
     h, wd = x.shape[2], x.shape[3]
     for oh in range(y.shape[2]):

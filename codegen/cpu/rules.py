@@ -7,6 +7,7 @@ elementwise ops never reach them (they become one generated kernel, see `element
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +67,25 @@ def arg(v: Value, view: tuple[int, ...] | None = None) -> Use | Const:
         a = np.ascontiguousarray(c)
         return Const(a.reshape(view) if view is not None else a)
     return Use(v, view)
+
+
+def planewise(plane: str, arrays: int, lits: list[Lit]) -> Kernel:
+    """A generated parallel loop over (image, channel) planes that calls `plane` (kernels.py) with
+    the window's geometry written in as literals. LLVM then folds the strides, pads and sizes into
+    the plane's loops and vectorises them: the same kernel taking them as run-time arguments ran
+    MaxPool 2.3x slower. One small module per geometry, shared by every layer that has it."""
+    args = ", ".join(f"a{i}" for i in range(arrays))
+    consts = ", ".join(repr(v.value) for v in lits)
+    work = lits[0].value * lits[1].value
+    body = (f"    c = a0.shape[1]\n    planes = a0.shape[0] * c\n"
+            f"    if planes * a{arrays - 1}.shape[2] * a{arrays - 1}.shape[3] * {work} < PARALLEL_MIN:\n"
+            f"        for nc in range(planes):\n            {plane}({args}, nc // c, nc % c, {consts})\n"
+            f"    else:\n        for nc in prange(planes):\n            {plane}({args}, nc // c, nc % c, {consts})\n")
+    digest = hashlib.sha1(f"{plane}{body}".encode()).hexdigest()[:16]
+    name = f"plane_{digest}"
+    source = (f"from numba import njit, prange\n\nfrom codegen.cpu.kernels import PARALLEL_MIN, {plane}\n\n\n"
+              f"@njit(cache=True, parallel=True, error_model='numpy')\ndef {name}({args}):\n{body}")
+    return Kernel(f"mcc_{name}", name, source)
 
 
 # -- views --------------------------------------------------------------------------------------
@@ -128,7 +148,7 @@ def conv(node: Node) -> list[Call] | None:
     group = int(a.get("group", 1))
     lits = [Lit(v) for v in (kh, kw, sh, sw, ph, pw, dh, dw)]
     if group == c and co == c and group > 1:
-        return [Call(node, k("depthwise2d"), [Use(x, x4), Const(wc.reshape(c, kh, kw)), Use(y, y4), *lits],
+        return [Call(node, planewise("_depthwise_plane", 3, lits), [Use(x, x4), Const(wc.reshape(c, kh, kw)), Use(y, y4)],
                      [y], note="depthwise")]
     cig, cog = c // group, co // group
     direct = kh == kw == 1 and sh == sw == 1 and ph == pw == 0
@@ -279,7 +299,8 @@ def maxpool(node: Node) -> list[Call] | None:
     xs, ys = shape(x), shape(y)
     x4 = (xs[0], xs[1], 1, xs[2]) if len(xs) == 3 else xs
     y4 = (ys[0], ys[1], 1, ys[2]) if len(ys) == 3 else ys
-    return [Call(node, k("maxpool2d"), [Use(x, x4), Use(y, y4), *(Lit(v) for v in (kh, kw, sh, sw, ph, pw, dh, dw))],
+    geometry = [Lit(v) for v in (kh, kw, sh, sw, ph, pw, dh, dw)]
+    return [Call(node, planewise("_maxpool_plane", 2, geometry), [Use(x, x4), Use(y, y4)],
                  [y])]
 
 
@@ -299,8 +320,8 @@ def avgpool(node: Node) -> list[Call] | None:
     if geo is None:
         return None
     (sh, sw), _, (ph, pw) = geo
-    return [Call(node, k("avgpool2d"), [Use(x), Use(y), *(Lit(v) for v in (kernel[0], kernel[1], sh, sw, ph, pw)),
-                                        Lit(bool(include))], [y])]
+    geometry = [Lit(v) for v in (kernel[0], kernel[1], sh, sw, ph, pw)] + [Lit(bool(include))]
+    return [Call(node, planewise("_avgpool_plane", 2, geometry), [Use(x), Use(y)], [y])]
 
 
 @rule("GlobalAveragePool", "GlobalMaxPool")
