@@ -225,7 +225,8 @@ def conv_integer(node: Node) -> list[Call] | None:
     wm = np.ascontiguousarray(wc.reshape(co, -1))
     kk = wm.shape[1]
     exact8 = bool(wm.min() < -64 or wm.max() > 63)  # 7-bit weights cannot saturate vpmaddubsw
-    cols = Scratch((qgemm.padded_k(kk), ys[2] * ys[3]), np.dtype(np.uint8))
+    direct = kh == kw == 1 and sh == sw == 1 and ph == pw == 0 and c % 4 == 0
+    cols = Scratch((1, 1) if direct else (qgemm.padded_k(kk), ys[2] * ys[3]), np.dtype(np.uint8))
     return [Call(node, k("conv_integer"), [Use(x), Const(qgemm.pack_weights(wm)),
                                            Const(wm.astype(np.int32).sum(axis=1).astype(np.int32)), Lit(zx), cols,
                                            Use(y, (ys[0], co, ys[2] * ys[3])), *lits, Lit(ys[3]), Lit(exact8)],
