@@ -268,3 +268,21 @@ def test_compressed_digits_keep_onnxruntime_accuracy(options: dict) -> None:  # 
     if "quantize" in options:
         assert any(c.node.op_type == "ConvInteger" for c in program.calls)
         assert not any(c.node.op_type == "DequantizeLinear" and c.kernel is None for c in program.calls)
+
+
+def test_kernels_are_cached_under_mcc_cache_dir(tmp_path: Path) -> None:
+    """A fresh cache folder fills with the generated sources and Numba's compiled code; a second
+    process finds them (it compiles nothing, so it is much faster to its first result)."""
+    code = ("import time, numpy as np, compiler; t = time.perf_counter(); "
+            "m = compiler.compile('tests/data/digits_cnn.onnx'); "
+            "m.run({'image': np.zeros((2, 1, 16, 16), np.float32)}); print(time.perf_counter() - t)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MCC_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("NUMBA_CACHE_DIR", None)
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
+            for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr + runs[1].stderr
+    sources = list((tmp_path / "cache" / "py").glob("mcc_driver_*.py"))
+    assert len(sources) == 2  # batch 1 (ahead of time) and batch 2 (at run time)
+    assert list((tmp_path / "cache" / "numba").rglob("*.nbi")), "Numba cached nothing under MCC_CACHE_DIR"
+    cold, warm = (float(r.stdout.split()[-1]) for r in runs)
+    assert warm < cold
