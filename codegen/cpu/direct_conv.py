@@ -374,10 +374,13 @@ def worth_it(cin: int, cout: int, kh: int, kw: int, sh: int, ho: int, wo: int) -
     1 wins everywhere tried, from (Cin,Cout,HxW) = (16,16,80x80) 56 vs 23 to (256,256,14x14) 74
     vs 71; stride 2 wins while Cout <= 32 ((16,32,160x160) 56 vs 35, (16,24,80x80) 42 vs 30) and
     loses at (32,64,80x80) 49 vs 53; 1x1 loses (im2col is then skipped, a plain gemm: (32,32,80x80)
-    39 vs 72). Strides > 2 were not measured (scalar phase split), so they stay on im2col.
+    39 vs 72); images under 10x10 lose ((512,512,7x7): 5.6 ms vs 3.6). Strides > 2 were not
+    measured (scalar phase split), so they stay on im2col.
     """
     if kh * kw == 1 or ho * wo == 0:
         return False
     if sh == 1:
-        return True
+        # small images leave the row-block split too few rows for the threads, and im2col is then
+        # cheap: (512,512,7x7) direct 5.6 ms vs im2col 3.6 (1 thread), 3.2 vs 1.8 (2 threads)
+        return ho * wo >= 100
     return sh == 2 and cout <= 32
