@@ -252,7 +252,7 @@ def softmax(x, y, log):  # pragma: no cover - jitted
     outer, n, inner = x.shape
     chunks = 1 if inner == 1 else (inner + LANES - 1) // LANES
     units = outer * chunks
-    if outer * n * inner < PARALLEL_MIN or units == 1:
+    if outer * n * inner * 16 < PARALLEL_MIN or units == 1:  # ~16 flops an element (exp): split earlier
         for u in range(units):
             _softmax_unit(x, y, u, chunks, log)
     else:
@@ -299,7 +299,7 @@ def layernorm(x, scale, bias, y, mean, inv_std, eps):  # pragma: no cover - jitt
     mean and inv_std ([rows]) receive the statistics (scratch when the node's extra outputs are unused).
     """
     rows, n = x.shape
-    if rows * n < PARALLEL_MIN or rows == 1:
+    if rows * n * 8 < PARALLEL_MIN or rows == 1:  # two passes of statistics and a normalisation
         for r in range(rows):
             m, s = _layernorm_row(x[r], scale, bias, y[r], eps)
             mean[r] = m
