@@ -24,7 +24,7 @@ if not os.environ.get("NUMBA_CACHE_DIR"):
 
 from ir import Graph, Node, TensorType, Value  # noqa: E402
 
-from ..program import Call, Program, Use  # noqa: E402
+from ..program import Call, Use  # noqa: E402
 from . import rules, rules_extra  # noqa: E402,F401  (register the kernel rules)
 from .emit import Emitted, emit  # noqa: E402
 from .lower import STEPS, lower  # noqa: E402

@@ -314,7 +314,12 @@ def plan(nodes: Sequence[Node], outputs: Sequence[Value]) -> Plan | None:
     names = {id(v): f"i{k}" for k, v in enumerate(inputs)}
     body: list[str] = []
     idx_all = ", ".join(f"j{d}" for d in range(rank))
+    hoisted: list[str] = []
     for k, (v, view) in enumerate(zip(inputs, views)):
+        if all(n == 1 for n in view):  # a scalar operand: read once, before the loops (loads inside
+            hoisted.append(f"x{k} = i{k}[{', '.join('0' * rank)}]")  # them may alias the stores, and
+            names[id(v)] = f"x{k}"  # then LLVM reloads them every element and gives up vectorising)
+            continue
         idx = ", ".join("0" if view[d] == 1 and out_shape[d] != 1 else f"j{d}" for d in range(rank))
         body.append(f"x{k} = i{k}[{idx}]")
         names[id(v)] = f"x{k}"
@@ -340,7 +345,7 @@ def plan(nodes: Sequence[Node], outputs: Sequence[Value]) -> Plan | None:
             depth = rank
         return head + [indent * depth + line for line in body]
 
-    lines = [f"n{d} = o0.shape[{d}]" for d in range(rank)]
+    lines = [f"n{d} = o0.shape[{d}]" for d in range(rank)] + hoisted
     parallel = int(np.prod(out_shape)) >= PARALLEL_MIN
     if parallel:  # small shapes get a serial kernel: it compiles in a fraction of the time
         lines += [f"if {' * '.join(f'n{d}' for d in range(rank))} < {PARALLEL_MIN}:"]

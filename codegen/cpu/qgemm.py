@@ -58,9 +58,10 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils, config
-from numba.core.codegen import get_host_cpu_features as _numba_host_features
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
+
+from .isa import target_features
 
 __all__ = [
     "HOST_ISA",
@@ -101,16 +102,10 @@ _TILES: dict[str, tuple[_Tile, _Tile]] = {
 }
 
 
-def _target_features() -> frozenset[str]:
-    """The CPU features Numba generates code for (NUMBA_CPU_FEATURES, else the host's)."""
-    flat = config.CPU_FEATURES if config.CPU_FEATURES is not None else _numba_host_features()
-    return frozenset(f[1:] for f in flat.split(",") if f.startswith("+"))
-
-
 def supported_isas(features: frozenset[str] | None = None) -> tuple[str, ...]:
     """ISAs whose kernels can run under ``features`` (default: what Numba targets), best last."""
     if features is None:
-        features = _target_features()
+        features = target_features()
     if not llb.get_process_triple().startswith(("x86_64", "amd64")):
         return ("generic",)
     out = ["generic"]

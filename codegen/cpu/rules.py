@@ -120,6 +120,17 @@ def _geometry(node: Node, x: Value, kernel: list[int], a: dict[str, Any], ceil_m
     return s, d, begins
 
 
+def _conv_window(node: Node, x: Value, wc: np.ndarray, a: dict[str, Any]) -> tuple[int, ...] | None:
+    """(kh, kw, sh, sw, ph, pw, dh, dw) of a 1-D or 2-D convolution (1-D seen as 1 x L), begin pads."""
+    kernel = list(a.get("kernel_shape") or wc.shape[2:])
+    geo = _geometry(node, x, kernel, a)
+    if geo is None:
+        return None
+    (sh, sw), (dh, dw), (ph, pw) = geo
+    kh, kw = (1, kernel[0]) if len(kernel) == 1 else kernel
+    return kh, kw, sh, sw, ph, pw, dh, dw
+
+
 @rule("Conv")
 def conv(node: Node) -> list[Call] | None:
     """Depthwise convolutions run direct loops; the rest im2col + sgemm (1x1 skips im2col).
@@ -134,12 +145,10 @@ def conv(node: Node) -> list[Call] | None:
     if not f32(x, w, y) or wc is None or b is not None or len(shape(x)) not in (3, 4):
         return None
     a = attrs(node)
-    kernel = list(a.get("kernel_shape") or wc.shape[2:])
-    geo = _geometry(node, x, kernel, a)
-    if geo is None:
+    window = _conv_window(node, x, wc, a)
+    if window is None:
         return None
-    (sh, sw), (dh, dw), (ph, pw) = geo
-    kh, kw = (1, kernel[0]) if len(kernel) == 1 else kernel
+    kh, kw, sh, sw, ph, pw, dh, dw = window
     xs, ys = shape(x), shape(y)
     n, c = xs[0], xs[1]
     co = ys[1]
@@ -206,12 +215,10 @@ def conv_integer(node: Node) -> list[Call] | None:
             or zxv is None or zxv.size != 1 or zw is None or np.any(zw != 0) or len(shape(x)) != 4):
         return None
     a = attrs(node)
-    kernel = list(a.get("kernel_shape") or wc.shape[2:])
-    geo = _geometry(node, x, kernel, a)
-    if geo is None:
+    window = _conv_window(node, x, wc, a)
+    if window is None:
         return None
-    (sh, sw), (dh, dw), (ph, pw) = geo
-    kh, kw = kernel
+    kh, kw, sh, sw, ph, pw, dh, dw = window
     xs, ys = shape(x), shape(y)
     c, co = xs[1], ys[1]
     group = int(a.get("group", 1))
