@@ -61,6 +61,8 @@ from numba.core import cgutils, config
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
+from .isa import declare as _declare
+from .isa import splat as _splat
 from .isa import target_features
 
 __all__ = [
@@ -149,18 +151,6 @@ def _vnni_byte_operands() -> bool:
     except RuntimeError:
         return False
     return True
-
-
-def _declare(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
-    fn = module.globals.get(name)
-    if fn is None:
-        fn = ir.Function(module, ir.FunctionType(ret, args), name=name)
-    return fn
-
-
-def _splat(builder: ir.IRBuilder, value: ir.Value, n: int) -> ir.Value:
-    vec = builder.insert_element(ir.Constant(ir.VectorType(value.type, n), None), value, _I32(0))
-    return builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(_I32, n), [0] * n))
 
 
 class _DotStep:

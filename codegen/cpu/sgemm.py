@@ -50,6 +50,8 @@ from numba.core.errors import TypingError
 from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
 
+from .isa import declare as _declare
+from .isa import splat as _splat
 from .isa import target_features
 
 __all__ = ["HOST_ISA", "ISAS", "MR", "NR", "SMALL_M", "build", "pack_a", "packed_a_shape", "sgemm",
@@ -118,18 +120,6 @@ NR: int = _NRS[_HOST]
 
 _F32, _I1, _I32, _I64 = ir.FloatType(), ir.IntType(1), ir.IntType(32), ir.IntType(64)
 _F32P = _F32.as_pointer()
-
-
-def _declare(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
-    fn = module.globals.get(name)
-    if fn is None:
-        fn = ir.Function(module, ir.FunctionType(ret, args), name=name)
-    return fn
-
-
-def _splat(builder: ir.IRBuilder, value: ir.Value, n: int) -> ir.Value:
-    vec = builder.insert_element(ir.Constant(ir.VectorType(value.type, n), None), value, _I32(0))
-    return builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(_I32, n), [0] * n))
 
 
 def _no_unroll(module: ir.Module, latch: ir.Instruction, tag: str) -> None:
