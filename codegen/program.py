@@ -10,7 +10,6 @@ the driver. Everything here is plain data, so each step's result can be printed.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -113,13 +112,6 @@ class Program:
     def fallbacks(self) -> list[Call]:
         return [c for c in self.calls if not c.native]
 
-    def kernels(self) -> list[Kernel]:
-        seen: dict[tuple[str, str], Kernel] = {}
-        for c in self.calls:
-            if c.kernel is not None:
-                seen.setdefault((c.kernel.module, c.kernel.name), c.kernel)
-        return list(seen.values())
-
     def format(self) -> str:
         """The step list, one call per line, with buffer offsets once planned."""
         lines = []
@@ -151,6 +143,3 @@ def _fmt_arg(p: Program, a: Arg) -> str:
         return f"scratch{list(a.shape)}:{np.dtype(a.dtype)}"
     return repr(a.value)
 
-
-def replace(call: Call, **changes: Any) -> Call:
-    return dataclasses.replace(call, **changes)

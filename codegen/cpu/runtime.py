@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ir import Graph, Interpreter, Node, Value
-from ir.interpreter import EvalContext, _Scope  # noqa: F401  (fallbacks evaluate single nodes)
+from ir import Interpreter, Node, Value
+from ir.interpreter import EvalContext
 from ir.ops import lookup
 
 from ..program import Call, Use
@@ -151,6 +151,3 @@ class Executable:
 def make_fallbacks(calls: list[Call]) -> list[Callable[..., Any]]:
     return [fallback_fn(c.node, [a.value for a in c.args if isinstance(a, Use)]) for c in calls]
 
-
-def graph_of(node: Node) -> Graph | None:
-    return node.graph
