@@ -144,7 +144,7 @@ def _exp_scale(d, bits):  # pragma: no cover - jitted
     return np.int32(d >= _F(-87.33654)) * v + np.int32(d != d) * bits
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"contract"})  # fused multiply-adds in the polynomial: 1.5x
 def _exp_shifted(x, m, y, yi):  # pragma: no cover - jitted
     """y = e^(x - m) for d = x - m <= 0, two loops that vectorize: the polynomial, then 2^k written
     into the exponent bits through yi (y seen as int32)."""
@@ -155,7 +155,7 @@ def _exp_shifted(x, m, y, yi):  # pragma: no cover - jitted
         yi[i] = _exp_scale(x[i] - m, yi[i])
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"contract"})  # fused multiply-adds in the polynomial: 1.5x
 def _exp_shifted_lanes(x, m, y, yi):  # pragma: no cover - jitted
     """`_exp_shifted` with one shift per lane (m an array)."""
     n = x.shape[0]
