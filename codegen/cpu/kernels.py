@@ -21,6 +21,19 @@ from .sparse import spmm_24, spmm_csr
 PARALLEL_MIN = 32768
 
 
+@njit(inline="always")
+def _tap_range(n, stride, off, limit):  # pragma: no cover - jitted
+    """[lo, hi): the indices i in [0, n) with 0 <= i*stride + off < limit (a tap's in-bounds span),
+    so the loops over them need no bounds test."""
+    lo = 0
+    while lo < n and lo * stride + off < 0:
+        lo += 1
+    hi = n
+    while hi > lo and (hi - 1) * stride + off >= limit:
+        hi -= 1
+    return lo, hi
+
+
 @njit(cache=True, error_model="numpy")  # called, not inlined: parfor bodies vectorise worse
 def _im2col_row(x, r, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols, cin=0, pad=0):  # pragma: no cover
     # row r is (c, i, j) channel-major, or (i, j, c) tap-major when cin > 0 (2:4 sparse weights
@@ -34,14 +47,8 @@ def _im2col_row(x, r, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols, cin=0, p
         c = r // (kh * kw)
         i = (r // kw) % kh
         j = r % kw
-    # the ow range that lands inside the input, hoisted out of the pixel loop
-    lo = 0
-    while lo < wo and lo * sw - pw + j * dw < 0:
-        lo += 1
-    hi = wo
-    while hi > lo and (hi - 1) * sw - pw + j * dw >= w:
-        hi -= 1
     off = -pw + j * dw
+    lo, hi = _tap_range(wo, sw, off, w)  # the ow range that lands inside the input
     for oh in range(ho):
         ih = oh * sh - ph + i * dh
         base = oh * wo
@@ -208,12 +215,7 @@ def _depthwise_plane(x, w, y, n, ch, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma:
             for j in range(kw):
                 wt = w[ch, i, j]
                 off = j * dw - pw
-                lo = 0
-                while lo < wo and lo * sw + off < 0:
-                    lo += 1
-                hi = wo
-                while hi > lo and (hi - 1) * sw + off >= wd:
-                    hi -= 1
+                lo, hi = _tap_range(wo, sw, off, wd)
                 if lo >= hi:
                     continue
                 if sw == 1:
@@ -296,12 +298,7 @@ def _maxpool_plane(x, y, n, ch, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no c
         yr = y[n, ch, oh]
         # columns whose whole window is inside: [lo, hi); 3-wide windows (the common case) get a
         # loop with the taps written out, which LLVM vectorises; the rest take the general path
-        lo = 0
-        while lo < wo and lo * sw - pw < 0:
-            lo += 1
-        hi = wo
-        while hi > lo and (hi - 1) * sw - pw + (kw - 1) * dw >= wd:
-            hi -= 1
+        lo, hi = _tap_range(wo, sw, -pw, wd - (kw - 1) * dw)
         if kw == 3 and dw == 1 and sw == 2:  # strides as literals: LLVM vectorises the interleaved loads
             for ow in range(lo, hi):
                 b = 2 * ow - pw

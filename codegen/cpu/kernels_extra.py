@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import literal_unroll, njit, prange
 
+from .kernels import _tap_range
 from .sgemm import sgemm
 
 #: Below this many elements of work a kernel stays on one thread.
@@ -757,12 +758,7 @@ def _col2im_channel(cols, y, m, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, bias): 
         for j in range(kw):
             r = (m * kh + i) * kw + j
             off = j * dw - pw
-            lo = 0
-            while lo < w and lo * sw + off < 0:
-                lo += 1
-            hi = w
-            while hi > lo and (hi - 1) * sw + off >= wo:
-                hi -= 1
+            lo, hi = _tap_range(w, sw, off, wo)
             if lo >= hi:
                 continue
             for ih in range(h):
@@ -819,12 +815,7 @@ def _depthwise_t_channel(x, w, y, n, c, sh, sw, ph, pw, dh, dw, bias):  # pragma
         for j in range(kw):
             wt = w[c, i, j]
             off = j * dw - pw
-            lo = 0
-            while lo < wd and lo * sw + off < 0:
-                lo += 1
-            hi = wd
-            while hi > lo and (hi - 1) * sw + off >= wo:
-                hi -= 1
+            lo, hi = _tap_range(wd, sw, off, wo)
             if lo >= hi:
                 continue
             for ih in range(h):
