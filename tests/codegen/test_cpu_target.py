@@ -59,23 +59,14 @@ def test_digits_matches_onnxruntime_and_runs_natively() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(ALL_BUILDERS))
-def test_real_world_models_match_onnxruntime(name: str) -> None:
-    model = ALL_BUILDERS[name]()
-    m = compiler.compile(model, target="cpu", threads=2)
+def test_real_world_models_plan_memory_soundly(name: str) -> None:
+    """Outputs are checked against onnxruntime in tests/compiler/test_real_world_models.py; here the
+    plans of the same models at the same sizes: no two live buffers overlap."""
+    g = compiler.compress(ALL_BUILDERS[name]())
     for dims in SIZES:
-        feeds = sample_inputs(model, seed=1, dims=dims)
-        want = ort_run(model, feeds)
-        got = m.run(feeds)
-        assert list(got) == [o.name for o in model.graph.output]
-        for (out_name, g), w in zip(got.items(), want):
-            assert g.dtype == w.dtype, out_name
-            assert rel_err(g, w) <= 1e-4, f"{name} {dims} {out_name}: {rel_err(g, w):.2e}"
-    for spec in m.native.specializations.values():
-        check_plan(_program_of(m, spec.shapes))
-
-
-def _program_of(m: compiler.CompiledModel, shapes: dict[str, tuple[int, ...]]):  # type: ignore[no-untyped-def]
-    return lower(m.graph, shapes)
+        shapes = {v.name: tuple(d if isinstance(d, int) else dims[d] for d in v.shape)
+                  for v in g.inputs if v.const is None and v.shape is not None}
+        check_plan(lower(g, shapes))
 
 
 @settings(max_examples=12, deadline=None, derandomize=True, database=None,

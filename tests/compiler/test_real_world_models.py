@@ -1,7 +1,8 @@
 """Models shaped like what users export (PyTorch, PaddlePaddle; opsets 10-18; dynamic dims) run exactly.
 
-Each model from tests/models.py runs through `compile(target="reference")` at two concrete sizes for
-its symbolic dims and must match onnxruntime within 1e-4 relative to the output's largest magnitude.
+Each model from tests/models.py runs through `compile` (the reference target and the native cpu target)
+at two concrete sizes for its symbolic dims and must match onnxruntime within 1e-4 relative to the
+output's largest magnitude.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from tests.models import ALL_BUILDERS, sample_inputs
 SIZES = [{"N": 1, "H": 32, "W": 32}, {"N": 3, "H": 48, "W": 80}]
 
 
+@pytest.mark.parametrize("target", ["reference", "cpu"])
 @pytest.mark.parametrize("name", sorted(ALL_BUILDERS))
-def test_reference_matches_onnxruntime(name: str) -> None:
+def test_matches_onnxruntime(name: str, target: str) -> None:
     model = ALL_BUILDERS[name]()
-    m = compiler.compile(model, target="reference")
+    m = compiler.compile(model, target=target, threads=2)
     for dims in SIZES:
         feeds = sample_inputs(model, seed=1, dims=dims)
         want = ort_run(model, feeds)
