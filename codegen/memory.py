@@ -40,8 +40,10 @@ class _Storage:
     offset: int = -1
 
 
-def plan_memory(program: Program, inplace: bool = True) -> Program:
-    """Assign arena offsets to the program's native intermediates and scratch buffers (in place)."""
+def plan_memory(program: Program, inplace: bool = True, outputs_in_arena: bool = False) -> Program:
+    """Assign arena offsets to the program's native intermediates and scratch buffers (in place).
+    With `outputs_in_arena`, graph outputs written by kernels get arena buffers too (they live to
+    the end); otherwise the driver allocates them fresh on every run, since callers keep them."""
     calls = program.calls
     outputs = {id(v) for v in program.outputs}
     last_use: dict[int, int] = {}
@@ -72,7 +74,7 @@ def plan_memory(program: Program, inplace: bool = True) -> Program:
             continue
         shared = {id(o): i for o, i in c.inplace} if inplace else {}
         for v in c.defines:
-            if id(v) in outputs:
+            if id(v) in outputs and not outputs_in_arena:
                 continue  # graph outputs are allocated fresh on every run: callers keep them
             src = shared.get(id(v))
             s = storage.get(id(src)) if src is not None else None

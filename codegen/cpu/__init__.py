@@ -54,7 +54,7 @@ class Specialization:
     consts: np.ndarray
     arena_bytes: int
     fallback_calls: list[Call]
-    executable: Executable
+    executable: Any
     native: int
     fallback_ops: Counter[str]
 
@@ -88,8 +88,8 @@ class CpuModel:
         key = self._key(shapes)
         if key in self.specializations:
             return self.specializations[key]
-        program = lower(self.graph, shapes, print_after=self.print_after)
-        emitted = emit(program, title=", ".join(f"{k}{list(v)}" for k, v in shapes.items()))
+        program = self._lower(self.graph, shapes, print_after=self.print_after)
+        emitted = self._emit(program, title=", ".join(f"{k}{list(v)}" for k, v in shapes.items()))
         if "emit" in self.print_after:
             print(f"// ----- after emit -----\n{emitted.source}")
         spec = self.load(shapes, emitted, program.consts, program.arena_bytes,  # type: ignore[arg-type]
@@ -104,12 +104,20 @@ class CpuModel:
             write_source(module, source)
         write_source(emitted.module, emitted.source)
         driver = import_generated(emitted.module)
-        exe = Executable(driver, consts, arena_bytes, fallbacks, emitted.py_consts, self.threads)
+        exe = self._executable(driver, consts, arena_bytes, fallbacks, emitted.py_consts)
         ops = Counter(c.node.op_type for c in fallback_calls)
         spec = Specialization(dict(shapes), emitted, consts, arena_bytes, fallback_calls, exe,
                               native if native is not None else 0, ops)
         self.specializations[self._key(shapes)] = spec
         return spec
+
+    # what a target changes: its lowering, emitter and loaded form (see codegen.cuda.CudaModel)
+    _lower = staticmethod(lower)
+    _emit = staticmethod(emit)
+
+    def _executable(self, driver: Any, consts: np.ndarray, arena_bytes: int, fallbacks: list[Any],
+                    py_consts: list[np.ndarray]) -> Any:
+        return Executable(driver, consts, arena_bytes, fallbacks, py_consts, self.threads)
 
     def _key(self, shapes: dict[str, tuple[int, ...]]) -> tuple[Any, ...]:
         return tuple(tuple(shapes[v.name]) if v.name in shapes else None for v in self.inputs)

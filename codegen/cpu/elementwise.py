@@ -95,7 +95,7 @@ UNARY: dict[str, str] = {
     "Sqrt": "np.sqrt({0})", "Reciprocal": "(_ONE / {0})", "Floor": "np.floor({0})", "Ceil": "np.ceil({0})",
     "Tanh": "np.tanh({0})", "Sin": "np.sin({0})", "Cos": "np.cos({0})", "Erf": "_erf({0})",
     "Relu": "_max({0}, _ZERO)", "Sigmoid": "_sigmoid({0})", "Round": "np.rint({0})", "Sign": "np.sign({0})",
-    "Softplus": "np.log1p(np.exp({0}))", "Softsign": "({0} / (_ONE + np.abs({0})))",
+    "Softplus": "(_max({0}, _ZERO) + np.log1p(np.exp(-np.abs({0}))))", "Softsign": "({0} / (_ONE + np.abs({0})))",
 }
 
 BINARY: dict[str, str] = {

@@ -17,6 +17,7 @@ from ir import DType, Node, Value, get_op
 from ir.ops import constant_value
 from ir.ops.nn import _spatial_attrs, _window_geometry
 
+from ..lower import static
 from ..program import Call, Const, Kernel, Lit, Scratch, Use
 from . import direct_conv, qgemm, sparse
 from .sgemm import pack_a
@@ -45,11 +46,6 @@ def attrs(node: Node) -> dict[str, Any]:
     op = get_op(node.op_type, node.domain)
     assert op is not None
     return op.resolve_attrs(node.attributes, node.opset)
-
-
-def static(v: Value | None) -> bool:
-    return (v is not None and v.shape is not None and v.dtype is not None
-            and all(isinstance(d, int) for d in v.shape))
 
 
 def f32(*vs: Value | None) -> bool:
