@@ -27,7 +27,7 @@ from .onnx_export import export_onnx
 from .onnx_import import import_onnx
 from .report import write_report
 
-TARGETS = ("cpu", "reference")
+TARGETS = ("cpu", "cuda", "reference")
 #: --quantize words -> passes.quantize modes.
 QUANTIZE_MODES = {"int8": "int8", "dynamic": "int8-dynamic", "fp16": "fp16"}
 ARTIFACT_FORMAT = 2
@@ -194,6 +194,13 @@ class CompiledModel:
             from codegen.cpu import CpuModel
 
             self.native = CpuModel(graph, threads=threads)
+        elif target == "cuda":
+            from codegen.cuda import CudaModel, CudaUnavailable
+
+            try:
+                self.native = CudaModel(graph)
+            except CudaUnavailable as e:
+                raise MccError(str(e)) from None
 
     def warm(self) -> None:
         """Generate and compile code now for the inputs' static shapes (symbolic ones wait for run)."""
@@ -230,7 +237,7 @@ class CompiledModel:
         }
         members: dict[str, bytes] = {}
         if self.native is not None:
-            manifest.update(_save_native(self.native, members))
+            manifest.update(_save_native(self.native, members, self.target))
         model = export_onnx(self.graph).SerializeToString(deterministic=True)
         write_atomic(path, _zip({"manifest.json": json.dumps(manifest, indent=2, sort_keys=True).encode(),
                                  "graph.onnx": model, **members}))
@@ -260,8 +267,19 @@ def _npz(arrays: dict[str, np.ndarray]) -> bytes:
     return _zip(members, compress=False)
 
 
-def _save_native(model: Any, members: dict[str, bytes]) -> dict[str, Any]:
-    from codegen.cpu import fallback_graph, host_cpu
+def _host(target: str) -> dict[str, Any]:
+    """What a native artifact depends on: the CPU and its features, or the GPU and its capability."""
+    if target == "cuda":
+        from codegen.cuda import device_info
+
+        return device_info()
+    from codegen.cpu import host_cpu
+
+    return host_cpu()
+
+
+def _save_native(model: Any, members: dict[str, bytes], target: str) -> dict[str, Any]:
+    from codegen.cpu import fallback_graph
 
     arrays: dict[str, np.ndarray] = {}
     specs = []
@@ -282,7 +300,7 @@ def _save_native(model: Any, members: dict[str, bytes]) -> dict[str, Any]:
                       "py_consts": len(em.py_consts), "fallbacks": fallbacks,
                       "fallback_ops": dict(sorted(spec.fallback_ops.items()))})
     members["weights.npz"] = _npz(arrays)
-    return {"host": host_cpu(), "specializations": specs}
+    return {"host": _host(target), "specializations": specs}
 
 
 def load(path: str | os.PathLike[str], threads: int | None = None) -> CompiledModel:
@@ -311,23 +329,24 @@ def load(path: str | os.PathLike[str], threads: int | None = None) -> CompiledMo
     except ModelLoadError as e:
         raise ArtifactError(f"{p}: the artifact's graph is corrupt ({e})") from None
     m = CompiledModel(g, target, threads=threads)
-    if target == "cpu":
+    if m.native is not None:
         _load_native(p, m, manifest, extra)
     return m
 
 
 def _load_native(p: Path, m: CompiledModel, manifest: dict[str, Any], extra: dict[str, bytes]) -> None:
-    from codegen.cpu import host_cpu
     from codegen.cpu.emit import Emitted
     from codegen.cpu.runtime import fallback_fn
     from codegen.program import Call, Use
 
-    built, here = manifest.get("host") or {}, host_cpu()
+    built, here = manifest.get("host") or {}, _host(m.target)
     if built.get("mcc_version", manifest.get("mcc_version")) != _version():
         raise ArtifactError(f"{p}: built by mcc {manifest.get('mcc_version')}, this is mcc {_version()}; recompile it")
-    for key in ("name", "features", "numba", "llvmlite"):
+    keys = (("name", "GPU"), ("compute_capability", "compute capability"), ("numba", "Numba"),
+            ("numba_cuda", "numba-cuda")) if m.target == "cuda" else (
+            ("name", "CPU"), ("features", "CPU features"), ("numba", "Numba"), ("llvmlite", "llvmlite"))
+    for key, what in keys:
         if built.get(key) != here[key]:
-            what = {"name": "CPU", "features": "CPU features", "numba": "Numba", "llvmlite": "llvmlite"}[key]
             raise ArtifactError(f"{p}: built for {what} {_short(built.get(key))}, this machine has {_short(here[key])}; "
                                 f"recompile it here with `mcc compile`")
     try:

@@ -94,7 +94,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     _report_timings(args)
     m.save(out)
     print(f"wrote {out} (target {m.target})")
-    if m.target == "cpu":
+    if m.native is not None:
         print(_fallback_line(m.fallback_ops()))
     return 0
 
