@@ -1,8 +1,9 @@
-"""Compile the bundled digits CNN to native CPU code, plain and compressed, and run the artifacts.
+"""Compile the bundled digits CNN to native code, plain and compressed, and run the artifacts.
 
-    python examples/compile_digits.py [--threads N] [--out DIR]
+    python examples/compile_digits.py [--threads N] [--out DIR] [--target cpu|cuda]
 
-For each variant (fp32, int8, 70% sparse, 50% channel-pruned) it compiles for the `cpu` target,
+For each variant (fp32, int8, 70% sparse, 50% channel-pruned) it compiles for the target (`cpu` by
+default; `cuda` on a machine with an NVIDIA GPU),
 saves an .mcc artifact, loads it back (no recompilation: kernels come from the cache under
 MCC_CACHE_DIR), and prints the accuracy on the held-out digits, the ops left to the reference (if
 any) and the latency of a batch of 64 next to the fp32 one.
@@ -46,6 +47,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=None, help="kernel threads (default: every core)")
     ap.add_argument("--out", type=Path, default=None, help="where to write the .mcc files (default: a temp dir)")
+    ap.add_argument("--target", choices=("cpu", "cuda"), default="cpu", help="code generation target")
     args = ap.parse_args()
     data = np.load(DATA)
     images, labels = data["test_images"].astype(np.float32), data["test_labels"]
@@ -54,7 +56,7 @@ def main() -> None:
     base = None
     for name, options in VARIANTS.items():
         path = out / f"digits_{name.split()[0]}.mcc"
-        compiler.compile(MODEL, threads=args.threads, **options).save(path)
+        compiler.compile(MODEL, target=args.target, threads=args.threads, **options).save(path)
         m = compiler.load(path, threads=args.threads)
         acc = float((m.run({"image": images})["logits"].argmax(1) == labels).mean())
         ms = latency_ms(m, images[:64])
