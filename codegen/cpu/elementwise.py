@@ -242,7 +242,7 @@ def supported(node: Node) -> bool:
         return False
     if len(node.outputs) != 1:
         return False
-    ins = [node.inputs[0]] if node.op_type in FIRST_ONLY else [v for v in node.inputs if v is not None]
+    ins = operands(node)
     io = INTEGER_IO.get(node.op_type, ({DType.FLOAT}, {DType.FLOAT}))
     if any(v is None or v.dtype not in io[0] for v in ins) or node.outputs[0].dtype not in io[1]:
         return False
@@ -294,22 +294,38 @@ def reduce_shapes(full: tuple[int, ...], shapes: Sequence[tuple[int, ...]]) -> t
     return out_shape, views
 
 
-def plan(nodes: Sequence[Node], outputs: Sequence[Value]) -> Plan | None:
-    """The kernel for `nodes` (topologically ordered) computing `outputs`, or None if it cannot."""
+def operands(n: Node) -> list[Value]:
+    """The tensor operands of one step (constant scalar parameters are baked into the code)."""
+    return [n.inputs[0]] if n.op_type in FIRST_ONLY else [v for v in n.inputs if v is not None]
+
+
+def iteration_space(nodes: Sequence[Node], outputs: Sequence[Value]
+                    ) -> tuple[list[Value], tuple[int, ...], list[tuple[int, ...]]] | None:
+    """(the run's inputs, the reduced output shape, each input's view of it), or None when the
+    outputs differ in shape or an input is bigger than them (then it is not a pure epilogue).
+    Both targets' generators start from this."""
     full = tuple(outputs[0].shape)  # type: ignore[arg-type]
     if any(tuple(v.shape) != full for v in outputs):  # type: ignore[arg-type]
         return None
     produced = {id(v) for n in nodes for v in n.outputs}
     inputs: list[Value] = []
     for n in nodes:
-        operands = [n.inputs[0]] if n.op_type in FIRST_ONLY else [v for v in n.inputs if v is not None]
-        for v in operands:
+        for v in operands(n):
             if id(v) not in produced and all(v is not x for x in inputs):
                 inputs.append(v)
     shapes = [tuple(v.shape) for v in inputs]  # type: ignore[arg-type]
     if any(len(s) > len(full) or any(a not in (1, b) for a, b in zip(s[::-1], full[::-1])) for s in shapes):
-        return None  # an operand is bigger than the outputs: not a pure epilogue
+        return None
     out_shape, views = reduce_shapes(full, shapes)
+    return inputs, out_shape, views
+
+
+def plan(nodes: Sequence[Node], outputs: Sequence[Value]) -> Plan | None:
+    """The kernel for `nodes` (topologically ordered) computing `outputs`, or None if it cannot."""
+    space = iteration_space(nodes, outputs)
+    if space is None:
+        return None
+    inputs, out_shape, views = space
     rank = len(out_shape)
     names = {id(v): f"i{k}" for k, v in enumerate(inputs)}
     body: list[str] = []
@@ -324,8 +340,7 @@ def plan(nodes: Sequence[Node], outputs: Sequence[Value]) -> Plan | None:
         body.append(f"x{k} = i{k}[{idx}]")
         names[id(v)] = f"x{k}"
     for t, n in enumerate(nodes):
-        operands = [n.inputs[0]] if n.op_type in FIRST_ONLY else [v for v in n.inputs if v is not None]
-        expr = EMITTERS[n.op_type]([names[id(v)] for v in operands], _attrs(n), n)
+        expr = EMITTERS[n.op_type]([names[id(v)] for v in operands(n)], _attrs(n), n)
         if expr is None:
             return None
         body.append(f"t{t} = {_dt(n.outputs[0].dtype)}({expr})")

@@ -13,6 +13,7 @@ arrays they read.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +21,7 @@ import numpy as np
 from ir import Value
 from ir.ops import constant_value
 
-from ..program import Call, Const, Lit, Program, Scratch, Use
+from ..program import Arg, Call, Const, Kernel, Lit, Program, Scratch, Use
 
 
 @dataclass
@@ -49,6 +50,36 @@ class _Names:
         if id(v) not in self.names:
             self.names[id(v)] = f"v{len(self.names)}"
         return self.names[id(v)]
+
+
+def fixed_arg(program: Program, a: Arg, fresh_name: Callable[[str], str], bind: list[str]) -> str:
+    """The driver's expression for a call argument that is the same on every run: a constant's or
+    scratch buffer's view of its arena (`C`, `A`), bound once in `bind`, or a literal."""
+    if isinstance(a, Const):
+        off = program.const_offsets[id(a)]
+        shape = a.array.shape if a.array.ndim else (1,)
+        var = fresh_name("c")
+        bind.append(f"{var} = C[{off}:{off + a.array.nbytes}].view({_dt(a.array.dtype)}).reshape({tuple(shape)})")
+        return var
+    if isinstance(a, Scratch):
+        off = program.scratch_offsets[id(a)]
+        n = int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
+        var = fresh_name("s")
+        bind.append(f"{var} = A[{off}:{off + n}].view({_dt(a.dtype)}).reshape({tuple(a.shape)})")
+        return var
+    assert isinstance(a, Lit)
+    return repr(a.value)
+
+
+def kernel_ref(kern: Kernel, kernels: dict[str, str], imports: set[str]) -> str:
+    """How the driver names `kern`, recording the import (and a generated kernel's source)."""
+    if kern.source is not None:
+        kernels[kern.module] = kern.source
+        imports.add(f"from {kern.module} import {kern.name}")
+        return kern.name
+    alias = "_" + kern.module.rsplit(".", 1)[-1]
+    imports.add(f"import {kern.module} as {alias}")
+    return f"{alias}.{kern.name}"
 
 
 def emit(program: Program, title: str = "") -> Emitted:
@@ -128,30 +159,9 @@ def emit(program: Program, title: str = "") -> Emitted:
         for a in c.args:
             if isinstance(a, Use):
                 args.append(value(a.value, a.shape))
-            elif isinstance(a, Const):
-                off = program.const_offsets[id(a)]
-                shape = a.array.shape if a.array.ndim else (1,)
-                var = fresh_name("c")
-                bind.append(f"{var} = C[{off}:{off + a.array.nbytes}].view({_dt(a.array.dtype)}).reshape({tuple(shape)})")
-                args.append(var)
-            elif isinstance(a, Scratch):
-                off = program.scratch_offsets[id(a)]
-                n = int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
-                var = fresh_name("s")
-                bind.append(f"{var} = A[{off}:{off + n}].view({_dt(a.dtype)}).reshape({tuple(a.shape)})")
-                args.append(var)
             else:
-                assert isinstance(a, Lit)
-                args.append(repr(a.value))
-        kern = c.kernel
-        if kern.source is not None:
-            kernels[kern.module] = kern.source
-            imports.add(f"from {kern.module} import {kern.name}")
-            fn = kern.name
-        else:
-            alias = "_" + kern.module.rsplit(".", 1)[-1]
-            imports.add(f"import {kern.module} as {alias}")
-            fn = f"{alias}.{kern.name}"
+                args.append(fixed_arg(program, a, fresh_name, bind))
+        fn = kernel_ref(c.kernel, kernels, imports)
         note = f"  # {c.node.op_type} {c.note}".rstrip()
         run.append(f"{fn}({', '.join(args)}){note}")
 

@@ -286,8 +286,9 @@ def gemm(node: Node) -> list[Call] | None:
 # -- pooling ----------------------------------------------------------------------------------
 
 
-@rule("MaxPool")
-def maxpool(node: Node) -> list[Call] | None:
+def maxpool_window(node: Node) -> tuple[tuple[int, ...], tuple[int, ...], list[Lit]] | None:
+    """(x and y as 4-D views, window literals kh, kw, sh, sw, ph, pw, dh, dw) of a 1-D or 2-D
+    float32 MaxPool whose Indices output is unused; None otherwise. Both targets' rules use it."""
     x, y = node.inputs[0], node.outputs[0]
     a = attrs(node)
     if len(node.outputs) > 1 and (node.outputs[1].uses or node.outputs[1].is_graph_output):
@@ -303,13 +304,23 @@ def maxpool(node: Node) -> list[Call] | None:
     xs, ys = shape(x), shape(y)
     x4 = (xs[0], xs[1], 1, xs[2]) if len(xs) == 3 else xs
     y4 = (ys[0], ys[1], 1, ys[2]) if len(ys) == 3 else ys
-    geometry = [Lit(v) for v in (kh, kw, sh, sw, ph, pw, dh, dw)]
-    return [Call(node, planewise("_maxpool_plane", 2, geometry), [Use(x, x4), Use(y, y4)],
-                 [y])]
+    return x4, y4, [Lit(int(v)) for v in (kh, kw, sh, sw, ph, pw, dh, dw)]
 
 
-@rule("AveragePool")
-def avgpool(node: Node) -> list[Call] | None:
+@rule("MaxPool")
+def maxpool(node: Node) -> list[Call] | None:
+    window = maxpool_window(node)
+    if window is None:
+        return None
+    x4, y4, geometry = window
+    return [Call(node, planewise("_maxpool_plane", 2, geometry), [Use(node.inputs[0], x4), Use(node.outputs[0], y4)],
+                 [node.outputs[0]])]
+
+
+def avgpool_window(node: Node) -> list[Lit] | None:
+    """Window literals (kh, kw, sh, sw, ph, pw, count_include_pad) of a 2-D float32 AveragePool the
+    kernels take: no dilations; count_include_pad only with symmetric explicit pads and no ceil_mode
+    (the window counts then follow from the begin pads alone). Both targets' rules use it."""
     x, y = node.inputs[0], node.outputs[0]
     a = attrs(node)
     if not f32(x, y) or len(shape(x)) != 4 or any(d != 1 for d in (a.get("dilations") or [1])):
@@ -324,8 +335,16 @@ def avgpool(node: Node) -> list[Call] | None:
     if geo is None:
         return None
     (sh, sw), _, (ph, pw) = geo
-    geometry = [Lit(v) for v in (kernel[0], kernel[1], sh, sw, ph, pw)] + [Lit(bool(include))]
-    return [Call(node, planewise("_avgpool_plane", 2, geometry), [Use(x), Use(y)], [y])]
+    return [Lit(int(v)) for v in (kernel[0], kernel[1], sh, sw, ph, pw)] + [Lit(bool(include))]
+
+
+@rule("AveragePool")
+def avgpool(node: Node) -> list[Call] | None:
+    geometry = avgpool_window(node)
+    if geometry is None:
+        return None
+    return [Call(node, planewise("_avgpool_plane", 2, geometry), [Use(node.inputs[0]), Use(node.outputs[0])],
+                 [node.outputs[0]])]
 
 
 @rule("GlobalAveragePool", "GlobalMaxPool")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ir import Node, Value
 
 from ..cpu import elementwise as cpu_ew
-from ..cpu.elementwise import FIRST_ONLY, _attrs, _dt, reduce_shapes
+from ..cpu.elementwise import _attrs, _dt, iteration_space, operands
 
 supported = cpu_ew.supported
 
@@ -246,19 +246,10 @@ class Plan:
 
 def plan(nodes: Sequence[Node], outputs: Sequence[Value]) -> Plan | None:
     """The kernel for `nodes` (topologically ordered) computing `outputs`, or None if it cannot."""
-    full = tuple(outputs[0].shape)  # type: ignore[arg-type]
-    if any(tuple(v.shape) != full for v in outputs):  # type: ignore[arg-type]
+    space = iteration_space(nodes, outputs)
+    if space is None:
         return None
-    produced = {id(v) for n in nodes for v in n.outputs}
-    inputs: list[Value] = []
-    for n in nodes:
-        for v in _operands(n):
-            if id(v) not in produced and all(v is not x for x in inputs):
-                inputs.append(v)
-    shapes = [tuple(v.shape) for v in inputs]  # type: ignore[arg-type]
-    if any(len(s) > len(full) or any(a not in (1, b) for a, b in zip(s[::-1], full[::-1])) for s in shapes):
-        return None  # an operand is bigger than the outputs: not a pure epilogue
-    out_shape, views = reduce_shapes(full, shapes)
+    inputs, out_shape, views = space
     rank = len(out_shape)
     names: dict[int, str] = {}
     hoisted: list[str] = []
@@ -271,7 +262,7 @@ def plan(nodes: Sequence[Node], outputs: Sequence[Value]) -> Plan | None:
             body.append(f"x{k} = i{k}[{idx}]")
         names[id(v)] = f"x{k}"
     for t, n in enumerate(nodes):
-        expr = EMITTERS[n.op_type]([names[id(v)] for v in _operands(n)], _attrs(n), n)
+        expr = EMITTERS[n.op_type]([names[id(v)] for v in operands(n)], _attrs(n), n)
         if expr is None:
             return None
         body.append(f"t{t} = {_dt(n.outputs[0].dtype)}({expr})")
@@ -293,6 +284,3 @@ def plan(nodes: Sequence[Node], outputs: Sequence[Value]) -> Plan | None:
               f"    {name}[blocks(o0.size), THREADS, stream]({params})\n")
     return Plan(f"launch_{name}", source, inputs, list(outputs), views, out_shape)
 
-
-def _operands(n: Node) -> list[Value]:
-    return [n.inputs[0]] if n.op_type in FIRST_ONLY else [v for v in n.inputs if v is not None]

@@ -17,8 +17,8 @@ import numpy as np
 from ir import Value
 from ir.ops import constant_value
 
-from ..cpu.emit import Emitted, _dt, _Names
-from ..program import Call, Const, Lit, Program, Scratch, Use
+from ..cpu.emit import Emitted, _dt, _Names, fixed_arg, kernel_ref
+from ..program import Call, Program, Use
 
 
 def emit(program: Program, title: str = "") -> Emitted:
@@ -126,30 +126,9 @@ def emit(program: Program, title: str = "") -> Emitted:
         for a in c.args:
             if isinstance(a, Use):
                 args.append(device(a.value, a.shape))
-            elif isinstance(a, Const):
-                off = program.const_offsets[id(a)]
-                shape = a.array.shape if a.array.ndim else (1,)
-                var = fresh("c")
-                bind.append(f"{var} = C[{off}:{off + a.array.nbytes}].view({_dt(a.array.dtype)}).reshape({tuple(shape)})")
-                args.append(var)
-            elif isinstance(a, Scratch):
-                off = program.scratch_offsets[id(a)]
-                n = int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
-                var = fresh("s")
-                bind.append(f"{var} = A[{off}:{off + n}].view({_dt(a.dtype)}).reshape({tuple(a.shape)})")
-                args.append(var)
             else:
-                assert isinstance(a, Lit)
-                args.append(repr(a.value))
-        kern = c.kernel
-        if kern.source is not None:
-            kernels[kern.module] = kern.source
-            imports.add(f"from {kern.module} import {kern.name}")
-            fn = kern.name
-        else:
-            alias = "_" + kern.module.rsplit(".", 1)[-1]
-            imports.add(f"import {kern.module} as {alias}")
-            fn = f"{alias}.{kern.name}"
+                args.append(fixed_arg(program, a, fresh, bind))
+        fn = kernel_ref(c.kernel, kernels, imports)
         note = f"  # {c.node.op_type} {c.note}".rstrip()
         run.append(f"{fn}(S, {', '.join(args)}){note}")
 

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from ir import Node
 
 from ..cpu.rules import arg, attrs, f32, shape, static  # noqa: F401  (shared helpers for rule modules)
-from ..program import Call, Kernel, Use
+from ..cpu.rules import view as cpu_view
+from ..program import Call, Kernel
 
 Rule = Callable[[Node], "list[Call] | None"]
 RULES: dict[str, Rule] = {}
@@ -35,14 +36,5 @@ def k(name: str, module: str) -> Kernel:
     return Kernel(module, name)
 
 
-@rule("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout")
-def view(node: Node) -> list[Call] | None:
-    """Shape-only ops share their input's buffer (arena buffers are contiguous)."""
-    from ir.ops import constant_value
-
-    x, y = node.inputs[0], node.outputs[0]
-    if len([o for o in node.outputs if o.uses or o.is_graph_output]) > 1 or not static(x) or not static(y):
-        return None
-    if x.dtype != y.dtype or constant_value(x) is not None:
-        return None
-    return [Call(node, None, [Use(x)], [y], alias={id(y): x})]
+#: Shape-only ops share their input's buffer, on the GPU as on the CPU (arena buffers are contiguous).
+view = rule("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout")(cpu_view)

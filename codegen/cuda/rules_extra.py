@@ -22,12 +22,10 @@ from collections.abc import Callable
 import numpy as np
 
 from ir import Node
-from ir.ops.nn import _spatial_attrs
 from ir.ops.tensor import _pad_widths
 
 from ..cpu import rules as cpu_rules
 from ..cpu import rules_extra as cpu_extra
-from ..cpu.rules import _geometry
 from ..cpu.rules_extra import _c_strides, _consts, _fill, _ints, _pad_box, _prod
 from ..program import Call, Kernel, Lit, Use
 from . import kernels_extra
@@ -92,46 +90,22 @@ global_pool = rule("GlobalAveragePool", "GlobalMaxPool")(_mirror(cpu_rules.globa
 @rule("MaxPool")
 def maxpool(node: Node) -> list[Call] | None:
     """1-D and 2-D max pooling (1-D seen as 1 x L), any strides, dilations, pads and ceil_mode; not
-    when the Indices output is used."""
-    x, y = node.inputs[0], node.outputs[0]
-    a = attrs(node)
-    if len(node.outputs) > 1 and (node.outputs[1].uses or node.outputs[1].is_graph_output):
+    when the Indices output is used (the CPU rule's window)."""
+    window = cpu_rules.maxpool_window(node)
+    if window is None:
         return None
-    if not f32(x, y) or len(shape(x)) not in (3, 4):
-        return None
-    kernel = list(a["kernel_shape"])
-    geo = _geometry(node, x, kernel, a, int(a.get("ceil_mode", 0)))
-    if geo is None:
-        return None
-    (sh, sw), (dh, dw), (ph, pw) = geo
-    kh, kw = (1, kernel[0]) if len(kernel) == 1 else kernel
-    xs, ys = shape(x), shape(y)
-    x4 = (xs[0], xs[1], 1, xs[2]) if len(xs) == 3 else xs
-    y4 = (ys[0], ys[1], 1, ys[2]) if len(ys) == 3 else ys
-    geometry = [Lit(int(v)) for v in (kh, kw, sh, sw, ph, pw, dh, dw)]
-    return [Call(node, kx("maxpool2d"), [Use(x, x4), Use(y, y4), *geometry], [y])]
+    x4, y4, geometry = window
+    return [Call(node, kx("maxpool2d"), [Use(node.inputs[0], x4), Use(node.outputs[0], y4), *geometry],
+                 [node.outputs[0]])]
 
 
 @rule("AveragePool")
 def avgpool(node: Node) -> list[Call] | None:
-    """2-D average pooling without dilations; count_include_pad only with symmetric explicit pads and
-    no ceil_mode (the window counts then follow from begin pads alone), as on the CPU."""
-    x, y = node.inputs[0], node.outputs[0]
-    a = attrs(node)
-    if not f32(x, y) or len(shape(x)) != 4 or any(d != 1 for d in (a.get("dilations") or [1])):
+    """2-D average pooling, in the cases the CPU rule takes (`cpu_rules.avgpool_window`)."""
+    geometry = cpu_rules.avgpool_window(node)
+    if geometry is None:
         return None
-    kernel = list(a["kernel_shape"])
-    _, _, p = _spatial_attrs(2, a.get("strides"), None, a.get("pads"))
-    include = int(a.get("count_include_pad", 0))
-    ceil = int(a.get("ceil_mode", 0))
-    if include and (ceil or p[0] != p[2] or p[1] != p[3] or (a.get("auto_pad") or "NOTSET") != "NOTSET"):
-        return None
-    geo = _geometry(node, x, kernel, a, ceil)
-    if geo is None:
-        return None
-    (sh, sw), _, (ph, pw) = geo
-    geometry = [Lit(int(v)) for v in (kernel[0], kernel[1], sh, sw, ph, pw)] + [Lit(bool(include))]
-    return [Call(node, kx("avgpool2d"), [Use(x), Use(y), *geometry], [y])]
+    return [Call(node, kx("avgpool2d"), [Use(node.inputs[0]), Use(node.outputs[0]), *geometry], [node.outputs[0]])]
 
 
 # -- Pad --------------------------------------------------------------------------------------

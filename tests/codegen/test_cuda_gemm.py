@@ -472,7 +472,14 @@ PTX_SCRIPT = textwrap.dedent("""
     jobs.append((gemm._fill3, "void(int32[:, :, ::1], int32)"))
     spills = []
     for kernel, sig in jobs:
-        ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
+        try:
+            ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
+        except Exception as e:  # a toolkit library (NVRTC, libdevice) missing for this one: skip
+            if any(s in str(e).lower() for s in ("nvvm", "nvrtc", "libdevice")) and any(
+                    s in str(e).lower() for s in ("cannot find", "not found", "no such file")):
+                print("NO-NVVM", e)
+                sys.exit(0)
+            raise
         assert ".entry" in ptx
         if "ld.local" in ptx or "st.local" in ptx:
             spills.append(sig)

@@ -73,7 +73,8 @@ _PTX_SCRIPT = textwrap.dedent("""
                 ptx, _ = cuda.compile_ptx(getattr(ke, name).py_func, sig, cc=(9, 0))
             except Exception as e:
                 text = f"{type(e).__name__}: {e}"
-                if "NVVM" in text and ("cannot be found" in text or "not found" in text):
+                missing = ("cannot be found", "not found", "No such file", "DynamicLibNotFound")
+                if any(w in text for w in ("NVVM", "nvvm", "nvrtc", "NVRTC")) and any(w in text for w in missing):
                     print("NO-NVVM", text)
                     sys.exit(3)
                 print("FAIL", name, sig, text)
