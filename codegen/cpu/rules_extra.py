@@ -16,6 +16,7 @@ one that only moves size-1 dims is a view. Pad (the same box, filled around), Co
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -502,10 +503,22 @@ def resize(node: Node) -> list[Call] | None:
 # -- ConvTranspose ----------------------------------------------------------------------------
 
 
-@rule("ConvTranspose")
-def conv_transpose(node: Node) -> list[Call] | None:
-    """1-D/2-D, constant weights: per group one sgemm W^T @ X into columns, then col2im scatter-adds them
-    (with the bias) into the output; one filter per channel (depthwise) runs direct loops instead."""
+@dataclass(frozen=True)
+class TransposedWindow:
+    """A ConvTranspose both targets' kernels take: its constant weights, groups, output channels per
+    group, window (kh, kw, sh, sw, dh, dw, ph, pw) and 4-D views of x and y (1-D seen as 1 x L)."""
+
+    weights: np.ndarray
+    group: int
+    per_group: int
+    window: tuple[int, ...]
+    x4: tuple[int, ...]
+    y4: tuple[int, ...]
+
+
+def convtranspose_window(node: Node) -> TransposedWindow | None:
+    """The geometry of a 1-D/2-D float32 ConvTranspose with constant weights, exactly as the
+    reference computes it (`_convtranspose_geometry`); None when the kernels do not take it."""
     x, w, b = node.inputs[0], node.inputs[1], node.input(2)
     y = node.outputs[0]
     wc = constant_value(w)
@@ -530,11 +543,25 @@ def conv_transpose(node: Node) -> list[Call] | None:
     if group < 1 or c % group or wc.shape[0] != c or ys[1] != group * mg:
         return None
     if len(kernel) == 1:
-        kh, kw, sh, sw, dh, dw, ph, pw = 1, kernel[0], 1, st[0], 1, dl[0], 0, geo[0][1]
+        window = (1, kernel[0], 1, st[0], 1, dl[0], 0, geo[0][1])
         x4, y4 = (n, c, 1, xs[2]), (n, ys[1], 1, ys[2])
     else:
-        (kh, kw), (sh, sw), (dh, dw), (ph, pw) = kernel, st, dl, (geo[0][1], geo[1][1])
+        window = (kernel[0], kernel[1], st[0], st[1], dl[0], dl[1], geo[0][1], geo[1][1])
         x4, y4 = xs, ys
+    return TransposedWindow(np.asarray(wc, np.float32), group, mg, tuple(int(v) for v in window), x4, y4)
+
+
+@rule("ConvTranspose")
+def conv_transpose(node: Node) -> list[Call] | None:
+    """1-D/2-D, constant weights: per group one sgemm W^T @ X into columns, then col2im scatter-adds them
+    (with the bias) into the output; one filter per channel (depthwise) runs direct loops instead."""
+    t = convtranspose_window(node)
+    if t is None:
+        return None
+    x, b, y = node.inputs[0], node.input(2), node.outputs[0]
+    kh, kw, sh, sw, dh, dw, ph, pw = t.window
+    x4, y4, group, mg = t.x4, t.y4, t.group, t.per_group
+    c, ys = x4[1], y4
     m = ys[1]
     if b is None:
         bias: Use | Const = Const(np.zeros(m, np.float32))
@@ -543,7 +570,7 @@ def conv_transpose(node: Node) -> list[Call] | None:
     else:
         bias = Use(b, (m,))
     lits = [Lit(int(v)) for v in (sh, sw, ph, pw, dh, dw)]
-    wf = np.asarray(wc, np.float32)
+    wf = t.weights
     if group == c and mg == 1 and group > 1:
         return [Call(node, kx("depthwise_conv_transpose2d"),
                      [arg(x, x4), Const(np.ascontiguousarray(wf.reshape(c, kh, kw))), bias, Use(y, y4), *lits],

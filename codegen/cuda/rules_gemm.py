@@ -15,9 +15,9 @@ import numpy as np
 
 from ir import DType, Node, Value
 from ir.ops import constant_value
-from ir.ops.nn import _convtranspose_geometry
 
 from ..cpu.rules import _conv_window
+from ..cpu.rules_extra import convtranspose_window
 from ..program import Call, Const, Lit, Use
 from . import gemm
 from .rules import arg, attrs, f32, k, rule, shape, static
@@ -208,42 +208,19 @@ def gemm_rule(node: Node) -> list[Call] | None:
 @rule("ConvTranspose")
 def conv_transpose(node: Node) -> list[Call] | None:
     """1-D/2-D ConvTranspose with constant weights as a gather (each output sums the taps that reach
-    it), bias added in the kernel; geometry exactly as the reference computes it."""
-    x, w, b = node.inputs[0], node.inputs[1], node.input(2)
-    y = node.outputs[0]
-    wc = constant_value(w)
-    if not f32(x, w, y) or wc is None or len(shape(x)) not in (3, 4) or (b is not None and not f32(b)):
+    it), bias added in the kernel; the geometry is the CPU rule's (`convtranspose_window`)."""
+    t = convtranspose_window(node)
+    if t is None:
         return None
-    a = attrs(node)
-    kernel = list(wc.shape[2:])
-    if (a.get("kernel_shape") and list(a["kernel_shape"]) != kernel) or len(kernel) != len(shape(x)) - 2:
-        return None
-    try:
-        st, dl, geo = _convtranspose_geometry(shape(x)[2:], kernel, a.get("auto_pad") or "NOTSET", a.get("dilations"),
-                                              a.get("pads"), a.get("strides"), a.get("output_padding"),
-                                              a.get("output_shape"))
-    except (ValueError, NotImplementedError, TypeError):
-        return None
-    xs, ys = shape(x), shape(y)
-    if tuple(g[0] for g in geo) != ys[2:]:
-        return None
-    c = xs[1]
-    group = int(a.get("group", 1))
-    mg = wc.shape[1]
-    if group < 1 or c % group or wc.shape[0] != c or ys[1] != group * mg:
-        return None
-    if len(kernel) == 1:
-        kh, kw, sh, sw, dh, dw, ph, pw = 1, kernel[0], 1, st[0], 1, dl[0], 0, geo[0][1]
-    else:
-        (kh, kw), (sh, sw), (dh, dw), (ph, pw) = kernel, st, dl, (geo[0][1], geo[1][1])
-    x4, y4 = _views(x, y)
-    bias = _bias(b, ys[1], np.float32)
+    kh, kw, sh, sw, dh, dw, ph, pw = t.window
+    bias = _bias(node.input(2), t.y4[1], np.float32)
     if bias is None:
         return None
-    wp = gemm.pack_conv_transpose_weights(np.asarray(wc, np.float32).reshape(c, mg, kh, kw), group)
+    wp = gemm.pack_conv_transpose_weights(t.weights.reshape(t.x4[1], t.per_group, kh, kw), t.group)
     return [Call(node, k("conv_transpose2d", KERNELS),
-                 [arg(x, x4), Const(wp), bias, Use(y, y4), *(Lit(int(v)) for v in (sh, sw, ph, pw, dh, dw)), Lit(group)],
-                 [y], note="gather")]
+                 [arg(node.inputs[0], t.x4), Const(wp), bias, Use(node.outputs[0], t.y4),
+                  *(Lit(v) for v in (sh, sw, ph, pw, dh, dw)), Lit(t.group)],
+                 [node.outputs[0]], note="gather")]
 
 
 # -- epilogues ----------------------------------------------------------------------------------
