@@ -195,8 +195,10 @@ class CompiledModel:
 
             self.native = CpuModel(graph, threads=threads)
         elif target == "cuda":
-            from codegen.cuda import CudaModel, CudaUnavailable
-
+            try:
+                from codegen.cuda import CudaModel, CudaUnavailable
+            except ImportError as e:
+                raise MccError(f"the cuda target needs numba-cuda ({e}): pip install 'mcc[cuda]'") from None
             try:
                 self.native = CudaModel(graph)
             except CudaUnavailable as e:

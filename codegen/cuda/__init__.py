@@ -23,6 +23,9 @@ from ir import Graph
 
 from ..cpu import CpuModel
 from ..cpu.runtime import cache_dir
+from . import rules_all  # noqa: F401  (register the kernel rules)
+from .emit import emit
+from .lower import lower
 
 if not hasattr(np, "row_stack"):  # numba-cuda 0.30 registers np.row_stack, which NumPy 2.5 removed:
     np.row_stack = np.vstack  # type: ignore[attr-defined]  # without it no kernel compiles there
@@ -168,19 +171,13 @@ class CudaModel(CpuModel):
         _cuda()  # fail now, with the reason, rather than at the first run
         super().__init__(graph, threads=threads, print_after=print_after)
 
-    from . import rules_all as _rules  # noqa: F401  (register the kernel rules)
-    from .emit import emit as _emit_fn
-    from .lower import lower as _lower_fn
-
-    _lower = staticmethod(_lower_fn)
-    _emit = staticmethod(_emit_fn)
+    _lower = staticmethod(lower)
+    _emit = staticmethod(emit)
 
     def warm(self) -> None:
         """Generate code for the static shapes and, on a GPU, compile every kernel by one run on
         zeros. The simulator has nothing to compile, and a run there costs seconds: it skips it."""
-        from numba import config
-
-        if config.ENABLE_CUDASIM:
+        if _simulator():
             shapes = self.static_shapes(symbolic=1)
             if shapes is not None:
                 self.specialize(shapes)
