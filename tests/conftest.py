@@ -12,7 +12,7 @@ from typing import Any
 # One BLAS thread: on a shared 2-core machine, oversubscribed BLAS threads make the reference
 # interpreter's matmuls up to 100x slower; set before numpy loads its BLAS.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ["MCC_VERIFY"] = "1"
+os.environ["MCC_VERIFY"] = "1"  # every pass of every pipeline a test runs is followed by the IR verifier
 # The CUDA target's tests run on a real GPU when one is present, else on Numba's CUDA simulator
 # (which must be chosen before numba is imported). MCC_TEST_CUDA=real or =sim forces either.
 _cuda_mode = os.environ.get("MCC_TEST_CUDA") or ("real" if Path("/proc/driver/nvidia").exists() else "sim")
@@ -20,7 +20,7 @@ if _cuda_mode == "sim":
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
     # The simulator runs a block's threads as Python threads while its manager thread busy-polls
     # them; switching the GIL more often cuts its share: a digits convolution runs 3x faster.
-    sys.setswitchinterval(1e-4)  # every pass of every pipeline a test runs is followed by the IR verifier
+    sys.setswitchinterval(5e-4)
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402

@@ -33,3 +33,43 @@ def flat(n: int) -> tuple[int, int]:
     """(blocks, threads) for a grid-stride loop over `n` items: `kernel[flat(n)][...]` style use is
     `kernel[blocks, threads, stream]`."""
     return blocks(n), THREADS
+
+
+def _patch_simulator_shared_arrays() -> None:
+    """Make the simulator's `cuda.shared.array` safe across a block's threads.
+
+    numba-cuda's simulator (0.30) gives every thread of a block the array allocated for that source
+    line, looked up and created without a lock: two threads can both miss and each get an array of
+    its own, and then a shared-memory reduction silently combines only part of the block (seen as
+    rare wrong sums in CI). The same lookup, under a lock."""
+    import sys
+    import threading
+    import traceback
+
+    import numpy as np
+    from numba.core import types
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    lock = threading.Lock()
+
+    def array(self: kernelapi.FakeCUDAShared, shape: object, dtype: object, alignment: object = None) -> np.ndarray:
+        if alignment is not None:
+            raise RuntimeError("Array alignment is not supported in cudasim")
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        if shape == 0:  # dynamic shared memory: one buffer for every request
+            count = self._dynshared_size // np.dtype(dtype).itemsize  # type: ignore[arg-type]
+            return np.frombuffer(self._dynshared.data, dtype=dtype, count=count)
+        caller = tuple(traceback.extract_stack(sys._getframe())[-2][0:2])
+        with lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                res = self._allocations[caller] = np.empty(shape, dtype)  # type: ignore[call-overload]
+        return res
+
+    kernelapi.FakeCUDAShared.array = array  # type: ignore[method-assign]
+
+
+if SIMULATOR:
+    _patch_simulator_shared_arrays()
