@@ -199,16 +199,26 @@ def expand(node: Node) -> list[Call] | None:
     return _strided(node, x, y, o, [0 if a == 1 and b != 1 else t for a, b, t in zip(s, o, st)], note="broadcast")
 
 
-@rule("Pad")
-def pad(node: Node) -> list[Call] | None:
-    """Constant-mode padding with constant amounts, one pass: each output row is fill, or fill / the kept
-    part of an input row / fill (negative pads crop)."""
+@dataclass(frozen=True)
+class PadPlan:
+    """A Pad with constant amounts, as both targets' kernels see it: mode, fill value, per-dim
+    (begin, end) widths, the kept (uncropped) extent of each input dim, input and output shapes."""
+
+    mode: str
+    value: float
+    widths: list[tuple[int, int]]
+    keep: list[int]
+    x_shape: tuple[int, ...]
+    y_shape: tuple[int, ...]
+
+
+def pad_plan(node: Node) -> PadPlan | None:
+    """Pads, fill value and axes read the way the reference reads them, at every opset; None when
+    they are not constants or do not give the output's shape."""
     x, y = node.inputs[0], node.outputs[0]
     if not f32(x, y):
         return None
     a = attrs(node)
-    if (a.get("mode") or "constant") != "constant":
-        return None
     s = shape(x)
     if node.opset < 11:
         pads = a.get("paddings") if node.opset < 2 else a.get("pads")
@@ -227,6 +237,18 @@ def pad(node: Node) -> list[Call] | None:
     keep = [d + min(b, 0) + min(e, 0) for d, (b, e) in zip(s, widths)]
     if any(n < 0 for n in keep) or tuple(d + b + e for d, (b, e) in zip(s, widths)) != o:
         return None
+    return PadPlan(a.get("mode") or "constant", v, [(int(b), int(e)) for b, e in widths], keep, s, o)
+
+
+@rule("Pad")
+def pad(node: Node) -> list[Call] | None:
+    """Constant-mode padding with constant amounts, one pass: each output row is fill, or fill / the kept
+    part of an input row / fill (negative pads crop)."""
+    x, y = node.inputs[0], node.outputs[0]
+    p = pad_plan(node)
+    if p is None or p.mode != "constant":
+        return None
+    s, o, widths, keep, v = p.x_shape, p.y_shape, p.widths, p.keep, p.value
     xst = _c_strides(s)
     xbase = sum(max(-b, 0) * t for (b, _), t in zip(widths, xst))
     start = [max(b, 0) for b, _ in widths]

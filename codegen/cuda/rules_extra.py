@@ -19,17 +19,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-import numpy as np
 
 from ir import Node
-from ir.ops.tensor import _pad_widths
 
 from ..cpu import rules as cpu_rules
 from ..cpu import rules_extra as cpu_extra
-from ..cpu.rules_extra import _c_strides, _consts, _fill, _ints, _pad_box, _prod
+from ..cpu.rules_extra import _c_strides, _fill, _ints, _pad_box, _prod
 from ..program import Call, Kernel, Lit, Use
 from . import kernels_extra
-from .rules import arg, attrs, f32, k, rule, shape
+from .rules import arg, k, rule
 
 MODULE = "codegen.cuda.kernels_extra"
 
@@ -121,30 +119,11 @@ def pad(node: Node) -> list[Call] | None:
     (negative pads crop it first, as the reference does) sits at its begin pad, and the rest is the
     fill value, or the kept part reflected, edge-extended or wrapped."""
     x, y = node.inputs[0], node.outputs[0]
-    if not f32(x, y):
+    p = cpu_extra.pad_plan(node)
+    mode = PAD_MODES.get(p.mode) if p is not None else None
+    if p is None or mode is None:
         return None
-    a = attrs(node)
-    mode = PAD_MODES.get(a.get("mode") or "constant")
-    if mode is None:
-        return None
-    s = shape(x)
-    if node.opset < 11:
-        pads = a.get("paddings") if node.opset < 2 else a.get("pads")
-        value, axes = a.get("value"), None
-    else:
-        c = _consts(node, 1, 3)
-        if c is None or c[0] is None:
-            return None
-        pads, value, axes = c
-    try:
-        widths = _pad_widths(len(s), [int(p) for p in np.asarray(pads).reshape(-1).tolist()], axes)
-    except (ValueError, IndexError):
-        return None
-    v = float(np.asarray(value).reshape(-1)[0]) if value is not None and np.size(value) else 0.0
-    o = shape(y)
-    keep = [d + min(b, 0) + min(e, 0) for d, (b, e) in zip(s, widths)]
-    if any(n < 0 for n in keep) or tuple(d + b + e for d, (b, e) in zip(s, widths)) != o:
-        return None
+    s, o, widths, keep, v = p.x_shape, p.y_shape, p.widths, p.keep, p.value
     if mode != kernels_extra.PAD_CONSTANT and any(n == 0 and d > 0 for n, d in zip(keep, o)):
         return None  # nothing to reflect or extend (the reference raises)
     xst = _c_strides(s)
@@ -158,4 +137,4 @@ def pad(node: Node) -> list[Call] | None:
     dims, st, kp, xs = ([b[i] for b in box] for i in range(4))
     return [Call(node, kx("pad"), [arg(x, (_prod(s),)), Use(y, (_prod(o),)), _fill(v), _ints(dims), _ints(st),
                                    _ints(kp), _ints(xs), Lit(int(xbase)), Lit(int(mode))], [y],
-                 note=a.get("mode") or "constant")]
+                 note=p.mode)]
