@@ -29,12 +29,6 @@ def blocks(n: int, threads: int = THREADS) -> int:
     return max(1, min(MAX_BLOCKS, (int(n) + threads - 1) // threads))
 
 
-def flat(n: int) -> tuple[int, int]:
-    """(blocks, threads) for a grid-stride loop over `n` items: `kernel[flat(n)][...]` style use is
-    `kernel[blocks, threads, stream]`."""
-    return blocks(n), THREADS
-
-
 def _patch_simulator_shared_arrays() -> None:
     """Make the simulator's `cuda.shared.array` safe across a block's threads.
 
