@@ -46,6 +46,44 @@ def ort_run(model: Any, feeds: dict[str, np.ndarray], level: str = "ORT_DISABLE_
     return sess.run(None, feeds)
 
 
+
+class In:
+    """A graph input fed at run time (for `one_op_model`)."""
+
+    def __init__(self, a: np.ndarray) -> None:
+        self.a = a
+
+
+_ONNX_TYPES = {np.dtype(np.float32): onnx.TensorProto.FLOAT, np.dtype(np.int64): onnx.TensorProto.INT64,
+               np.dtype(np.int32): onnx.TensorProto.INT32}
+
+
+def one_op_model(op: str, inputs: Any, attrs: dict[str, Any] | None = None, opset: int = 17,
+                 outputs: int = 1) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """One `op` node: `In` items are graph inputs, arrays are initializers, None is an omitted input."""
+    from onnx import helper, numpy_helper
+
+    names, feeds, graph_inputs, inits = [], {}, [], []
+    for i, v in enumerate(inputs):
+        if v is None:
+            names.append("")
+            continue
+        name = f"in{i}"
+        names.append(name)
+        if isinstance(v, In):
+            feeds[name] = v.a
+            graph_inputs.append(helper.make_tensor_value_info(name, _ONNX_TYPES[v.a.dtype], list(v.a.shape)))
+        else:
+            inits.append(numpy_helper.from_array(np.asarray(v), name))
+    outs = [f"out{i}" for i in range(outputs)]
+    node = helper.make_node(op, names, outs, **(attrs or {}))
+    graph = helper.make_graph([node], op.lower(), graph_inputs,
+                              [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outs], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m, feeds
+
+
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     """max |a-b| relative to the largest magnitude of b (the issue's 1e-4 criterion)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from ir import Node, Value
 
 from ..cpu import elementwise as cpu_ew
-from ..cpu.elementwise import _attrs, _dt, iteration_space, operands
+from ..cpu.elementwise import Plan, _attrs, _dt, iteration_space, operands
 
 supported = cpu_ew.supported
 
@@ -230,18 +229,6 @@ def _quant(x, s, zp, lo, hi):
     # QuantizeLinear: float32 division, round half to even, shift, saturate
     return _min(_max(_rint(x / s) + zp, lo), hi)
 '''
-
-
-@dataclass
-class Plan:
-    """A generated module: its kernel's launcher and operand views in the reduced iteration space."""
-
-    name: str
-    source: str
-    inputs: list[Value]
-    outputs: list[Value]
-    input_shapes: list[tuple[int, ...]]
-    output_shape: tuple[int, ...]
 
 
 def plan(nodes: Sequence[Node], outputs: Sequence[Value]) -> Plan | None:

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT, ort_run, rel_err
+from conftest import ROOT, In, ort_run, rel_err
+from conftest import one_op_model as model
 from numba import cuda
-from onnx import TensorProto, helper, numpy_helper
 
 import compiler
 from codegen.cpu.lower import prepare, specialize
@@ -42,8 +42,6 @@ from ir.ops import constant_value
 
 RNG = np.random.default_rng(0)
 TOL = 1e-4
-TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64,
-         np.dtype(np.int32): TensorProto.INT32}
 
 
 def rand(*shape: int) -> np.ndarray:
@@ -205,37 +203,6 @@ def test_pad_launcher_large_pads(mode: str) -> None:
 
 
 # -- rules ------------------------------------------------------------------------------------
-
-
-class In:
-    """A graph input fed at run time."""
-
-    def __init__(self, a: np.ndarray) -> None:
-        self.a = a
-
-
-def model(op: str, inputs: Sequence[Any], attrs: dict[str, Any] | None = None, opset: int = 17,
-          outputs: int = 1) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """One `op` node: `In` items are graph inputs, arrays are initializers, None is an omitted input."""
-    names, feeds, graph_inputs, inits = [], {}, [], []
-    for i, v in enumerate(inputs):
-        if v is None:
-            names.append("")
-            continue
-        name = f"in{i}"
-        names.append(name)
-        if isinstance(v, In):
-            feeds[name] = v.a
-            graph_inputs.append(helper.make_tensor_value_info(name, TYPES[v.a.dtype], list(v.a.shape)))
-        else:
-            inits.append(numpy_helper.from_array(np.asarray(v), name))
-    outs = [f"out{i}" for i in range(outputs)]
-    node = helper.make_node(op, names, outs, **(attrs or {}))
-    graph = helper.make_graph([node], op.lower(), graph_inputs,
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs], inits)
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 8
-    return m, feeds
 
 
 def lower_node(m: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> tuple[Any, list[Call] | None]:

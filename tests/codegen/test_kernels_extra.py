@@ -18,50 +18,17 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import pytest  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import codegen.cpu.rules_extra  # noqa: E402,F401  (registers the rules until codegen.cpu imports them)
 import compiler  # noqa: E402
-from conftest import ort_run, rel_err  # noqa: E402
+from conftest import In, ort_run, rel_err  # noqa: E402
+from conftest import one_op_model as model  # noqa: E402
 
 RNG = np.random.default_rng(0)
-TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64,
-         np.dtype(np.int32): TensorProto.INT32}
-
-
-class In:
-    """A graph input fed at run time."""
-
-    def __init__(self, a: np.ndarray) -> None:
-        self.a = a
 
 
 def rand(*shape: int) -> np.ndarray:
     return RNG.standard_normal(shape).astype(np.float32)
-
-
-def model(op: str, inputs: Sequence[Any], attrs: dict[str, Any] | None = None, opset: int = 17,
-          outputs: int = 1) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """One `op` node: `In` items are graph inputs, arrays are initializers, None is an omitted input."""
-    names, feeds, graph_inputs, inits = [], {}, [], []
-    for i, v in enumerate(inputs):
-        if v is None:
-            names.append("")
-            continue
-        name = f"in{i}"
-        names.append(name)
-        if isinstance(v, In):
-            feeds[name] = v.a
-            graph_inputs.append(helper.make_tensor_value_info(name, TYPES[v.a.dtype], list(v.a.shape)))
-        else:
-            inits.append(numpy_helper.from_array(np.asarray(v), name))
-    outs = [f"out{i}" for i in range(outputs)]
-    node = helper.make_node(op, names, outs, **(attrs or {}))
-    graph = helper.make_graph([node], op.lower(), graph_inputs,
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs], inits)
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 8
-    return m, feeds
 
 
 def check(m: onnx.ModelProto, feeds: dict[str, np.ndarray], fallbacks: dict[str, int] | None = None) -> None:
