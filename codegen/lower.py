@@ -6,7 +6,8 @@
     fuse         group each Conv/Gemm/MatMul with its epilogue and elementwise runs (passes.fuse)
     select       pick a kernel per node or group (the target's rules, its generated elementwise
                  kernels, reference fallbacks)
-    plan-memory  liveness, in-place reuse and arena offsets (codegen.memory)
+    plan-memory  liveness, in-place reuse and arena offsets (codegen.memory); calls that got to
+                 write over an input switch to their kernel's in-place entry (write_in_place)
     emit         the driver module's source (the target's emitter)
 
 A `Target` is what differs between CPU and CUDA up to the program: its rule table and its
@@ -18,7 +19,7 @@ means the same on both and their programs can be printed and compared step by st
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -376,16 +377,10 @@ def elementwise_call(run: list[Node], outputs: list[Value], *, plan: Callable[..
     p = plan(run, outputs)
     if p is None:
         return None
-    kernel = Kernel(f"{prefix}{p.name}", p.name, prelude + "\n\n" + p.source)
+    kernel = Kernel(f"{prefix}{p.name}", p.name, prelude + "\n\n" + p.source, p.inplace_entry)
     args: list[Arg] = [_arg(v, view) for v, view in zip(p.inputs, p.input_shapes)]
     args += [Use(v, p.output_shape) for v in p.outputs]
-    inplace, taken = [], set()
-    for o in p.outputs:
-        for v, view in zip(p.inputs, p.input_shapes):
-            if view == p.output_shape and id(v) not in taken and constant_value(v) is None and v.dtype == o.dtype:
-                inplace.append((o, v))
-                taken.add(id(v))
-                break
+    inplace = [(p.outputs[k], p.inputs[m]) for k, m in p.inplace_pairs()]
     ops = "+".join(n.op_type for n in run)
     return [Call(run[-1], kernel, args, list(p.outputs), inplace=inplace, note=ops)]
 
@@ -433,6 +428,21 @@ def _alias_items(call: Call) -> Iterable[tuple[Value, Value]]:
             yield v, call.alias[id(v)]
 
 
+def write_in_place(program: Program) -> Program:
+    """Calls whose every in-place output got its input's buffer call the kernel's in-place entry
+    (`Kernel.inplace_entry`), which takes no output arrays: it writes through the inputs."""
+    for c in program.calls:
+        k = c.kernel
+        if k is None or k.inplace_entry is None or not c.inplace:
+            continue
+        if all(id(o) in program.storage and program.storage.get(id(o)) == program.storage.get(id(i))
+               for o, i in c.inplace):
+            outs = {id(o) for o, _ in c.inplace}
+            c.args = [a for a in c.args if not (isinstance(a, Use) and id(a.value) in outs)]
+            c.kernel = replace(k, name=k.inplace_entry, inplace_entry=None)
+    return program
+
+
 def _finish(p: Program) -> Program:
     """Constant operands of native calls become Const arguments (they live in the constants arena)."""
     for c in p.calls:
@@ -471,5 +481,6 @@ def lower(graph: Graph, shapes: Mapping[str, tuple[int, ...]], target: Target, *
     program.graph = g
     dump("select", program)
     plan_memory(program, outputs_in_arena=target.outputs_in_arena)
+    write_in_place(program)
     dump("plan-memory", program)
     return program

@@ -25,6 +25,9 @@ class Kernel:
     module: str
     name: str
     source: str | None = None
+    #: Another entry point of `source` that takes only the inputs and writes each in-place output
+    #: through the input it overwrites (see `codegen.lower.write_in_place`).
+    inplace_entry: str | None = None
 
     def __str__(self) -> str:
         return self.name if self.source is not None else f"{self.module.rsplit('.', 1)[-1]}.{self.name}"

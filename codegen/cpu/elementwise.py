@@ -15,12 +15,15 @@ import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ir import DType, Node, Value, get_op
 from ir.ops import constant_value
+
+from . import vmath
 
 #: Per op: a function of (operand expressions, attributes, node) -> expression text.
 Emit = Callable[[list[str], dict[str, Any], Node], "str | None"]
@@ -91,7 +94,7 @@ def _dequantize(a: list[str], at: dict[str, Any], node: Node) -> str | None:
 
 
 UNARY: dict[str, str] = {
-    "Identity": "{0}", "Neg": "(-{0})", "Abs": "np.abs({0})", "Exp": "np.exp({0})", "Log": "np.log({0})",
+    "Identity": "{0}", "Neg": "(-{0})", "Abs": "np.abs({0})", "Exp": "_exp({0})", "Log": "np.log({0})",
     "Sqrt": "np.sqrt({0})", "Reciprocal": "(_ONE / {0})", "Floor": "np.floor({0})", "Ceil": "np.ceil({0})",
     "Tanh": "np.tanh({0})", "Sin": "np.sin({0})", "Cos": "np.cos({0})", "Erf": "_erf({0})",
     "Relu": "_max({0}, _ZERO)", "Sigmoid": "_sigmoid({0})", "Round": "np.rint({0})", "Sign": "np.sign({0})",
@@ -132,10 +135,14 @@ INTEGER_IO: dict[str, tuple[set[DType], set[DType]]] = {
 }
 
 #: Helpers every generated module defines (float32 in, float32 out; NaN handled as numpy does).
+#: The vmath line names its source's digest: Numba's cache of a kernel that inlined an old `_exp`
+#: is keyed on the kernel module's file, which must then change too.
 PRELUDE = '''
 import math
 import numpy as np
 from numba import njit, prange
+
+from codegen.cpu.vmath import exp as _exp  # vmath {VMATH}
 
 _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
@@ -161,7 +168,7 @@ def _add(a, b):
 @njit(inline="always")
 def _sigmoid(x):
     # branch-free (a branch keeps the loop scalar); exp(-x) overflowing to inf gives exactly 0
-    return _ONE / (_ONE + np.exp(-x))
+    return _ONE / (_ONE + _exp(-x))
 
 
 @njit(inline="always")
@@ -211,12 +218,12 @@ def _leaky(x, alpha):
 
 @njit(inline="always")
 def _elu(x, alpha):
-    return x if x >= _ZERO else alpha * (np.exp(x) - _ONE)
+    return x if x >= _ZERO else alpha * (_exp(x) - _ONE)
 
 
 @njit(inline="always")
 def _celu(x, alpha):
-    return _max(_ZERO, x) + _min(_ZERO, alpha * (np.exp(x / alpha) - _ONE))
+    return _max(_ZERO, x) + _min(_ZERO, alpha * (_exp(x / alpha) - _ONE))
 
 
 @njit(inline="always")
@@ -228,7 +235,7 @@ def _hsig(x, alpha, beta):
 def _quant(x, s, zp, lo, hi):
     # QuantizeLinear: float32 division, round half to even, shift, saturate
     return _min(_max(np.rint(x / s) + zp, lo), hi)
-'''
+'''.replace("{VMATH}", hashlib.sha1(Path(vmath.__file__).read_bytes()).hexdigest()[:16])
 
 #: Chunk length when a single long dim is split across threads.
 CHUNK = 16384
@@ -272,6 +279,20 @@ class Plan:
     outputs: list[Value]
     input_shapes: list[tuple[int, ...]]
     output_shape: tuple[int, ...]
+    #: The entry point that writes outputs over their `inplace_pairs` inputs, if the source has one.
+    inplace_entry: str | None = None
+
+    def inplace_pairs(self) -> list[tuple[int, int]]:
+        """(output, input) index pairs where the output may overwrite the input: the first input of
+        each output's view and dtype that is not a constant and not already taken."""
+        pairs: list[tuple[int, int]] = []
+        for k, o in enumerate(self.outputs):
+            for m, (v, view) in enumerate(zip(self.inputs, self.input_shapes)):
+                if (view == self.output_shape and all(m != t for _, t in pairs)
+                        and constant_value(v) is None and v.dtype == o.dtype):
+                    pairs.append((k, m))
+                    break
+        return pairs
 
 
 def reduce_shapes(full: tuple[int, ...], shapes: Sequence[tuple[int, ...]]) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
@@ -352,8 +373,11 @@ def plan(nodes: Sequence[Node], outputs: Sequence[Value]) -> Plan | None:
 
     def nest(loop: str) -> list[str]:
         if rank == 1:
+            # the inner loop counts from 0: counting from `c * CHUNK`, LLVM leaves an in-place loop scalar
             head = [f"for c in {loop}((n0 + {CHUNK - 1}) // {CHUNK}):",
-                    f"    for j0 in range(c * {CHUNK}, min(n0, (c + 1) * {CHUNK})):"]
+                    f"    lo = c * {CHUNK}",
+                    f"    for jj in range(min(n0 - lo, {CHUNK})):",
+                    "        j0 = lo + jj"]
             depth = 2
         else:
             head = [f"for j0 in {loop}(n0):"] + [f"{indent * d}for j{d} in range(n{d}):" for d in range(1, rank)]
@@ -371,5 +395,17 @@ def plan(nodes: Sequence[Node], outputs: Sequence[Value]) -> Plan | None:
     text = "\n".join(indent + line for line in lines)
     digest = hashlib.sha1(f"{parallel}{text}".encode()).hexdigest()[:16]
     name = f"ew_{digest}"
-    source = f"@njit(cache=True, error_model='numpy'{', parallel=True' if parallel else ''})\ndef {name}({', '.join(params)}):\n{text}\n"
-    return Plan(name, source, inputs, list(outputs), views, out_shape)
+    deco = f"@njit(cache=True, error_model='numpy'{', parallel=True' if parallel else ''})"
+    p = Plan(name, f"{deco}\ndef {name}({', '.join(params)}):\n{text}\n", inputs, list(outputs), views, out_shape)
+    pairs = p.inplace_pairs()
+    if pairs:
+        # The same loops writing each in-place output through its input's array. Given two arrays
+        # that overlap, LLVM's vectorised loop fails its run-time overlap check and the scalar one
+        # runs (6x slower on an erf); one array it sees as a plain read-then-write of each element.
+        # Numba compiles an entry point only when it is first called, so this costs nothing unused.
+        p.inplace_entry = f"{name}_inplace"
+        through = {k: m for k, m in pairs}
+        entry = [f"i{k}" for k in range(len(inputs))] + [f"o{k}" for k in range(len(outputs)) if k not in through]
+        alias = "".join(f"{indent}o{k} = i{m}\n" for k, m in pairs)
+        p.source += f"\n\n{deco}\ndef {p.inplace_entry}({', '.join(entry)}):\n{alias}{text}\n"
+    return p
