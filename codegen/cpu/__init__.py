@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from .runtime import cache_dir
+from .runtime import numba_cache_dir
 
 if not os.environ.get("NUMBA_CACHE_DIR"):
     import numba
 
-    numba.config.CACHE_DIR = str(cache_dir() / "numba")  # before any cache=True kernel is defined
+    numba.config.CACHE_DIR = str(numba_cache_dir())  # before any cache=True kernel is defined
 
 from ir import Graph, Node, TensorType, Value  # noqa: E402
 

@@ -18,6 +18,7 @@ from numba import literal_unroll, njit, prange
 from .kernels import _tap_range
 from .sgemm import sgemm
 from .vmath import exp_neg
+from .vmath import sum64 as _sum64
 
 #: Below this many elements of work a kernel stays on one thread.
 PARALLEL_MIN = 32768
@@ -33,16 +34,6 @@ SUM, MEAN, MAX, MIN = 0, 1, 2, 3
 #
 # Inner loops index 1-D views from 0 (`v = x[o, i, j0:j1]; v[j]`), never `x[o, i, j0 + j]`: Numba
 # wraps negative indices, and an index it cannot prove non-negative keeps LLVM from vectorizing.
-
-
-@njit(cache=True, fastmath={"reassoc"})
-def _sum64(x):  # pragma: no cover - jitted
-    """float64 sum of a 1-D array. Reassociation (only here) lets LLVM keep a vector of partial
-    sums: 4x faster than one chain, and float64 keeps the order's effect far below float32's ulp."""
-    s = 0.0
-    for i in range(x.shape[0]):
-        s += x[i]
-    return s
 
 
 @njit(cache=True)

@@ -8,6 +8,7 @@ the same kernels, loads instead of compiling.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import sys
@@ -35,6 +36,24 @@ def cache_dir() -> Path:
         return Path(raw).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "mcc"
+
+
+def code_digest() -> str:
+    """A digest of the codegen package's sources. Numba keys a cached function on its own file
+    only, while generated kernels inline or link package kernels (`_maxpool_plane`, `vmath.exp`):
+    compiled code lives under a folder named by this digest, so a changed (or upgraded) mcc never
+    runs machine code built from its old kernels."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha1()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def numba_cache_dir() -> Path:
+    """Where Numba caches compiled kernels: per version of the kernels' sources (`code_digest`)."""
+    return cache_dir() / "numba" / code_digest()
 
 
 def source_dir() -> Path:

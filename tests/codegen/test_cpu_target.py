@@ -25,6 +25,7 @@ import ir
 from codegen.cpu import CpuModel, native_report
 from codegen.cpu.elementwise import reduce_shapes
 from codegen.cpu.lower import STEPS, lower
+from codegen.cpu.runtime import code_digest
 from codegen.memory import check_plan
 from codegen.program import Use
 from conftest import DATA, ort_run, rel_err
@@ -274,6 +275,31 @@ def test_kernels_are_cached_under_mcc_cache_dir(tmp_path: Path) -> None:
     assert all(r.returncode == 0 for r in runs), runs[0].stderr + runs[1].stderr
     sources = list((tmp_path / "cache" / "py").glob("mcc_driver_*.py"))
     assert len(sources) == 2  # batch 1 (ahead of time) and batch 2 (at run time)
-    assert list((tmp_path / "cache" / "numba").rglob("*.nbi")), "Numba cached nothing under MCC_CACHE_DIR"
+    cached = list((tmp_path / "cache" / "numba").rglob("*.nbi"))
+    assert cached, "Numba cached nothing under MCC_CACHE_DIR"
+    assert {p.relative_to(tmp_path / "cache" / "numba").parts[0] for p in cached} == {code_digest()}
     cold, warm = (float(r.stdout.split()[-1]) for r in runs)
     assert warm < cold
+
+
+def test_the_numba_cache_folder_follows_the_kernel_sources(tmp_path: Path) -> None:
+    """Generated kernels inline package kernels, which Numba's cache does not track: a change to
+    any codegen source must give compiled code a new folder."""
+    import shutil
+
+    copy = tmp_path / "codegen"
+    shutil.copytree(ROOT / "codegen", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import codegen.cpu.runtime as r; "
+              "print(r.code_digest(), r.numba_cache_dir())")
+    env = {**os.environ, "MCC_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+
+    def digest() -> list[str]:
+        out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                             env=env, cwd=tmp_path, check=True).stdout.split()
+        return out
+
+    before = digest()
+    assert before[0] == code_digest() and before[1] == str(tmp_path / "cache" / "numba" / before[0])
+    vmath = copy / "cpu" / "vmath.py"
+    vmath.write_text(vmath.read_text() + "\n# an edit\n")
+    assert digest()[0] != before[0]

@@ -29,7 +29,14 @@ CASES = [
     (1, 2, 5, 2, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),  # 2x3 image
     (1, 16, 16, 20, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),  # parallel path (> PARALLEL_MIN MACs)
     (1, 8, 12, 21, 66, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1),  # parallel, stride 2
+    (1, 4, 8, 6, 72, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),  # 24-column tiles, no ragged end
+    (1, 3, 5, 5, 96, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1),  # 24-column tiles, stride 2
+    (1, 3, 6, 4, 21, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),  # one masked 24-column tile (Wo = 21)
 ]
+
+
+def test_tile_width_takes_the_wide_tile_where_it_wastes_little() -> None:
+    assert [dc.tile_width(wo) for wo in (8, 13, 16, 21, 27, 48, 55, 80, 160)] == [16, 16, 16, 24, 16, 24, 24, 16, 24]
 
 
 def _out(h: int, k: int, s: int, p0: int, p1: int, d: int) -> int:
