@@ -200,68 +200,14 @@ def _fill(xf, xo, cin, h, w, oh, sh, ph, dh, ilo, ihi, sw, pw, plane, qlo, qhi, 
                 buf[d + hi:d + plane] = 0.0
 
 
-def _make_tile(unit: bool) -> Callable[..., None]:
+def _make_tile(unit: bool, wide: bool) -> Callable[..., None]:
     """The CB x 16-column register tile over one filled row buffer (`_fill`): 8 accumulators
-    (8 independent fma chains), per tap 2 vector loads, CB broadcasts, 8 fmas. `unit`: stride 1,
-    where tap j sits j*dw floats on; otherwise `joff[j]` (phase plane + position)."""
-
-    @njit(**_JIT)
-    def tile(buf, cin, nr, ilo, kh, kw, dw, joff, rs, ow, wpf, yf, yo, ycs, nco, n):  # pragma: no cover
-        a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = _vzero()
-        for c in range(cin):
-            wc = (c * kh + ilo) * kw * CB
-            xr = c * nr * rs + ow
-            for r in range(nr):
-                for j in range(kw):
-                    xo = xr + (j * dw if unit else joff[j])
-                    u = _vld1(buf, xo, 1)
-                    v = _vld1(buf, xo + 8, 1)
-                    w0 = _sld(wpf, wc)
-                    a0 = _vfma(a0, w0, u)
-                    b0 = _vfma(b0, w0, v)
-                    w1 = _sld(wpf, wc + 1)
-                    a1 = _vfma(a1, w1, u)
-                    b1 = _vfma(b1, w1, v)
-                    w2 = _sld(wpf, wc + 2)
-                    a2 = _vfma(a2, w2, u)
-                    b2 = _vfma(b2, w2, v)
-                    w3 = _sld(wpf, wc + 3)
-                    a3 = _vfma(a3, w3, u)
-                    b3 = _vfma(b3, w3, v)
-                    wc += CB
-                xr += rs
-        if n >= 16:
-            _vstore(yf, yo, a0)
-            _vstore(yf, yo + 8, b0)
-            if nco > 1:
-                _vstore(yf, yo + ycs, a1)
-                _vstore(yf, yo + ycs + 8, b1)
-            if nco > 2:
-                _vstore(yf, yo + 2 * ycs, a2)
-                _vstore(yf, yo + 2 * ycs + 8, b2)
-            if nco > 3:
-                _vstore(yf, yo + 3 * ycs, a3)
-                _vstore(yf, yo + 3 * ycs + 8, b3)
-        else:  # a row narrower than 16 columns
-            _vstm(yf, yo, a0, n)
-            _vstm(yf, yo + 8, b0, n - 8)
-            if nco > 1:
-                _vstm(yf, yo + ycs, a1, n)
-                _vstm(yf, yo + ycs + 8, b1, n - 8)
-            if nco > 2:
-                _vstm(yf, yo + 2 * ycs, a2, n)
-                _vstm(yf, yo + 2 * ycs + 8, b2, n - 8)
-            if nco > 3:
-                _vstm(yf, yo + 3 * ycs, a3, n)
-                _vstm(yf, yo + 3 * ycs + 8, b3, n - 8)
-
-    return tile
-
-
-def _make_wide_tile(unit: bool) -> Callable[..., None]:
-    """`_make_tile`'s tile 24 columns wide: 12 accumulators, so 12 fma chains hide the fma
-    latency with room to spare (8 just cover it), and each weight broadcast feeds 3 fmas:
-    10-14% more GFLOP/s where the row has no ragged end (`tile_width` weighs the two)."""
+    (8 independent fma chains), per tap 2 vector loads, CB broadcasts, 8 fmas. `wide`: 24 columns,
+    12 accumulators, so 12 chains hide the fma latency with room to spare (8 just cover it) and
+    each broadcast feeds 3 fmas: 10-14% more GFLOP/s where rows have no ragged end (`tile_width`).
+    `unit`: stride 1, where tap j sits j*dw floats on; otherwise `joff[j]` (phase plane + position).
+    Both flags are constants of the compiled code: the branches on them fold away."""
+    width = 24 if wide else 16
 
     @njit(**_JIT)
     def tile(buf, cin, nr, ilo, kh, kw, dw, joff, rs, ow, wpf, yf, yo, ycs, nco, n):  # pragma: no cover
@@ -274,63 +220,60 @@ def _make_wide_tile(unit: bool) -> Callable[..., None]:
                     xo = xr + (j * dw if unit else joff[j])
                     u = _vld1(buf, xo, 1)
                     v = _vld1(buf, xo + 8, 1)
-                    z = _vld1(buf, xo + 16, 1)
+                    z = _vld1(buf, xo + 16, 1) if wide else u
+                    # each weight's fmas together: a broadcast dies at once (16 ymm registers)
                     w0 = _sld(wpf, wc)
                     a0 = _vfma(a0, w0, u)
                     b0 = _vfma(b0, w0, v)
-                    c0 = _vfma(c0, w0, z)
+                    if wide:
+                        c0 = _vfma(c0, w0, z)
                     w1 = _sld(wpf, wc + 1)
                     a1 = _vfma(a1, w1, u)
                     b1 = _vfma(b1, w1, v)
-                    c1 = _vfma(c1, w1, z)
+                    if wide:
+                        c1 = _vfma(c1, w1, z)
                     w2 = _sld(wpf, wc + 2)
                     a2 = _vfma(a2, w2, u)
                     b2 = _vfma(b2, w2, v)
-                    c2 = _vfma(c2, w2, z)
+                    if wide:
+                        c2 = _vfma(c2, w2, z)
                     w3 = _sld(wpf, wc + 3)
                     a3 = _vfma(a3, w3, u)
                     b3 = _vfma(b3, w3, v)
-                    c3 = _vfma(c3, w3, z)
+                    if wide:
+                        c3 = _vfma(c3, w3, z)
                     wc += CB
                 xr += rs
-        if n >= 24:
-            _store3(yf, yo, a0, b0, c0)
-            if nco > 1:
-                _store3(yf, yo + ycs, a1, b1, c1)
-            if nco > 2:
-                _store3(yf, yo + 2 * ycs, a2, b2, c2)
-            if nco > 3:
-                _store3(yf, yo + 3 * ycs, a3, b3, c3)
-        else:  # a row narrower than 24 columns
-            _store3m(yf, yo, a0, b0, c0, n)
-            if nco > 1:
-                _store3m(yf, yo + ycs, a1, b1, c1, n)
-            if nco > 2:
-                _store3m(yf, yo + 2 * ycs, a2, b2, c2, n)
-            if nco > 3:
-                _store3m(yf, yo + 3 * ycs, a3, b3, c3, n)
+        _store(yf, yo, a0, b0, c0, n, width)
+        if nco > 1:
+            _store(yf, yo + ycs, a1, b1, c1, n, width)
+        if nco > 2:
+            _store(yf, yo + 2 * ycs, a2, b2, c2, n, width)
+        if nco > 3:
+            _store(yf, yo + 3 * ycs, a3, b3, c3, n, width)
 
     return tile
 
 
 @njit(inline="always")
-def _store3(yf, yo, a, b, c):  # pragma: no cover - jitted
-    _vstore(yf, yo, a)
-    _vstore(yf, yo + 8, b)
-    _vstore(yf, yo + 16, c)
+def _store(yf, yo, a, b, c, n, width):  # pragma: no cover - jitted
+    """One channel's row of a tile: whole vectors, or masked ones where the row is narrower."""
+    if n >= width:
+        _vstore(yf, yo, a)
+        _vstore(yf, yo + 8, b)
+        if width == 24:
+            _vstore(yf, yo + 16, c)
+    else:
+        _vstm(yf, yo, a, n)
+        _vstm(yf, yo + 8, b, n - 8)
+        if width == 24:
+            _vstm(yf, yo + 16, c, n - 16)
 
 
-@njit(inline="always")
-def _store3m(yf, yo, a, b, c, n):  # pragma: no cover - jitted
-    _vstm(yf, yo, a, n)
-    _vstm(yf, yo + 8, b, n - 8)
-    _vstm(yf, yo + 16, c, n - 16)
-
-
-_TILE1 = _make_tile(True)
-_TILES = _make_tile(False)
-_WIDE1 = _make_wide_tile(True)
-_WIDES = _make_wide_tile(False)
+_TILE1 = _make_tile(True, False)
+_TILES = _make_tile(False, False)
+_WIDE1 = _make_tile(True, True)
+_WIDES = _make_tile(False, True)
 
 
 @njit(inline="always")

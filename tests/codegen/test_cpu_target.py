@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import DATA, ort_run, rel_err
 from hypothesis import HealthCheck, given, settings
 from onnx import TensorProto, helper
 
@@ -28,7 +29,6 @@ from codegen.cpu.lower import STEPS, lower
 from codegen.cpu.runtime import code_digest
 from codegen.memory import check_plan
 from codegen.program import Use
-from conftest import DATA, ort_run, rel_err
 from passes.testing import assert_same_outputs, graphs
 from tests.models import ALL_BUILDERS, sample_inputs
 
