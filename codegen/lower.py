@@ -33,6 +33,7 @@ from ir import (
     Value,
     format_graph,
     free_values,
+    get_op,
     infer_node,
     infer_shapes,
 )
@@ -365,6 +366,81 @@ def _lower_nodes(target: Target, nodes: list[Node], escaping: Sequence[Value]) -
         return None
     del members
     return out
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """What follows a kernel's output `y` in its fusion group and can be applied at its store:
+    a per-channel constant Add (the bias `prepare` split off), an Add of a tensor shaped like y
+    (a residual), then Relu or Clip (lo, hi; None is unbounded), each optional, in that order."""
+
+    bias: np.ndarray | None
+    residual: Value | None
+    lo: float | None
+    hi: float | None
+    out: Value  #: the value the last step taken defines
+    taken: int  #: how many of the following nodes it covers
+
+
+def match_epilogue(y: Value, channels: int, following: list[Node], escaping: set[int], *,
+                   residual: bool, clip: bool) -> Epilogue | None:
+    """The longest `Epilogue` after y (channel axis 1) within `following`, or None if none.
+
+    Every value in between must be read only by the next step (and not escape the group), so
+    computing it in registers loses nothing. `residual` and `clip` say what the kernel can take."""
+    cur, taken = y, 0
+    bias: np.ndarray | None = None
+    res: Value | None = None
+    lo = hi = None
+
+    def step(op: str) -> Node | None:
+        if taken >= len(following):
+            return None
+        nxt = following[taken]
+        sole = (id(cur) not in escaping and not cur.is_graph_output and len(cur.uses) == 1
+                and cur.uses[0][0] is nxt)
+        return nxt if nxt.op_type == op and nxt.domain in ("", "ai.onnx") and sole else None
+
+    rank = len(y.shape)
+    if (n := step("Add")) is not None:
+        other = [v for v in n.inputs if v is not cur]
+        c = constant_value(other[0]) if len(other) == 1 else None
+        if (c is not None and c.ndim <= rank and c.size == channels
+                and (1,) * (rank - c.ndim) + c.shape == (1, channels) + (1,) * (rank - 2)):
+            bias = np.ascontiguousarray(c, np.float32).reshape(channels)
+            cur, taken = n.outputs[0], 1
+    if residual and (n := step("Add")) is not None:
+        other = [v for v in n.inputs if v is not cur]
+        if (len(other) == 1 and constant_value(other[0]) is None and other[0].dtype == y.dtype
+                and other[0].shape == y.shape):
+            res, cur, taken = other[0], n.outputs[0], taken + 1
+    if (n := step("Relu")) is not None:
+        lo, cur, taken = 0.0, n.outputs[0], taken + 1
+    elif clip and (n := step("Clip")) is not None:
+        bounds = clip_bounds(n)
+        if bounds is not None:
+            (lo, hi), cur, taken = bounds, n.outputs[0], taken + 1
+    if taken == 0 or cur.dtype != y.dtype or cur.shape != y.shape:
+        return None
+    return Epilogue(bias, res, lo, hi, cur, taken)
+
+
+def clip_bounds(node: Node) -> tuple[float | None, float | None] | None:
+    """A Clip's constant (min, max), None where unbounded; None if a bound is not a constant."""
+    if node.opset < 11:
+        op = get_op(node.op_type, node.domain)
+        assert op is not None
+        at = op.resolve_attrs(node.attributes, node.opset)
+        lo, hi = at.get("min"), at.get("max")
+        return (None if lo is None else float(lo), None if hi is None else float(hi))
+    bounds: list[float | None] = []
+    for i in (1, 2):
+        v = node.input(i)
+        c = None if v is None else constant_value(v)
+        if v is not None and (c is None or c.size != 1):
+            return None
+        bounds.append(None if c is None else float(c.reshape(-1)[0]))
+    return bounds[0], bounds[1]
 
 
 def elementwise_call(run: list[Node], outputs: list[Value], *, plan: Callable[..., Any], prelude: str,

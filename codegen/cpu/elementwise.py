@@ -23,6 +23,7 @@ import numpy as np
 from ir import DType, Node, Value, get_op
 from ir.ops import constant_value
 
+from ..lower import clip_bounds
 from . import vmath
 
 #: Per op: a function of (operand expressions, attributes, node) -> expression text.
@@ -39,20 +40,10 @@ def _f(x: float) -> str:
 
 
 def _clip(a: list[str], at: dict[str, Any], node: Node) -> str | None:
-    lo = hi = None
-    if node.opset < 11:
-        lo, hi = at.get("min"), at.get("max")
-    else:
-        for i, name in ((1, "lo"), (2, "hi")):
-            v = node.input(i)
-            if v is not None:
-                c = constant_value(v)
-                if c is None or c.size != 1:
-                    return None
-                if name == "lo":
-                    lo = float(c.reshape(-1)[0])
-                else:
-                    hi = float(c.reshape(-1)[0])
+    bounds = clip_bounds(node)
+    if bounds is None:
+        return None
+    lo, hi = bounds
     e = a[0]
     if lo is not None:
         e = f"_max({e}, {_f(lo)})"

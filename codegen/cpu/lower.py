@@ -19,11 +19,12 @@ from .. import lower as _shared
 from ..lower import STEPS, Target, elementwise_call, fuse, prepare, select, specialize  # noqa: F401
 from ..program import Program
 from . import elementwise
-from .rules import RULES
+from .rules import RULES, conv_epilogue
 
 
 CPU = Target("cpu", RULES, elementwise.supported,
-             partial(elementwise_call, plan=elementwise.plan, prelude=elementwise.PRELUDE, prefix="mcc_"))
+             partial(elementwise_call, plan=elementwise.plan, prelude=elementwise.PRELUDE, prefix="mcc_"),
+             epilogue=conv_epilogue)
 
 
 def lower(graph: Graph, shapes: Mapping[str, tuple[int, ...]], *,

@@ -17,7 +17,7 @@ from ir import DType, Node, Value, get_op
 from ir.ops import constant_value
 from ir.ops.nn import _spatial_attrs, _window_geometry
 
-from ..lower import static
+from ..lower import match_epilogue, static
 from ..program import Call, Const, Kernel, Lit, Scratch, Use
 from . import direct_conv, qgemm, sparse
 from .sgemm import pack_a
@@ -171,6 +171,32 @@ def conv(node: Node) -> list[Call] | None:
     return [Call(node, k("conv2d"), [Use(x, x4), Const(wm), cols, Use(y, (n, co, y4[2] * y4[3])), *lits, Lit(group),
                                      Lit(y4[3])],
                  [y], note="1x1 as gemm" if direct else "im2col + gemm")]
+
+
+def conv_epilogue(node: Node, following: list[Node], escaping: set[int]) -> tuple[list[Call], int] | None:
+    """A float32 Conv whose kernel can apply an epilogue at its store, with the Add(per-channel
+    bias) and Relu or Clip after it in its fusion group (`match_epilogue`): the activation is
+    written once, already biased and clamped, instead of written, then read and written again by
+    an elementwise kernel. The bits are the same either way (one float32 add, then np.maximum /
+    np.minimum). Kernels that take it: the direct convolution."""
+    if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
+        return None
+    base = conv(node)
+    if base is None or len(base) != 1 or base[0].kernel is None or base[0].kernel.name != "conv2d_direct":
+        return None
+    y = node.outputs[0]
+    ep = match_epilogue(y, shape(y)[1], following, escaping, residual=False, clip=True)
+    if ep is None:
+        return None
+    xv, wd, yv, *lits = base[0].args
+    assert isinstance(yv, Use)
+    bias = ep.bias if ep.bias is not None else np.zeros(0, np.float32)
+    clamp = np.array([-np.inf if ep.lo is None else ep.lo, np.inf if ep.hi is None else ep.hi], np.float32)
+    steps = ("+bias " if ep.bias is not None else "") + ("" if ep.lo is None and ep.hi is None else
+                                                          "relu" if (ep.lo, ep.hi) == (0.0, None) else "clip")
+    return [Call(node, k("conv2d_direct_ep", "codegen.cpu.direct_conv"),
+                 [xv, wd, Const(bias), Const(clamp), Use(ep.out, yv.shape), *lits], [ep.out],
+                 note=f"direct {steps}".rstrip())], ep.taken
 
 
 def _sparse_conv(node: Node, wc: np.ndarray, x: Value, y: Value, x4: tuple[int, ...], y4: tuple[int, ...],

@@ -18,6 +18,7 @@ from ir.ops import constant_value
 
 from ..cpu.rules import _conv_window
 from ..cpu.rules_extra import convtranspose_window
+from ..lower import match_epilogue
 from ..program import Call, Const, Lit, Use
 from . import gemm
 from .rules import arg, attrs, f32, k, rule, shape, static
@@ -246,31 +247,11 @@ def conv_epilogue(node: Node, following: list[Node], escaping: set[int]) -> tupl
     co = shape(y)[1]
     if window is None or (group == shape(x)[1] and group > 1) or wc.shape[0] != co:
         return None
-    cur, taken = y, 0
-    bias = Const(np.zeros(co, np.float32))
-    res: Value | None = None
-    relu = False
-
-    def sole_use(v: Value, nxt: Node) -> bool:
-        return (id(v) not in escaping and not v.is_graph_output and len(v.uses) == 1
-                and v.uses[0][0] is nxt)
-
-    steps = list(following)
-    if steps and steps[0].op_type == "Add" and sole_use(cur, steps[0]):
-        other = [v for v in steps[0].inputs if v is not cur]
-        c = constant_value(other[0]) if len(other) == 1 else None
-        if c is not None and c.ndim <= 4 and (1,) * (4 - c.ndim) + c.shape == (1, co, 1, 1):  # per channel
-            bias = Const(np.ascontiguousarray(c, np.float32).reshape(co))
-            cur, taken = steps[0].outputs[0], 1
-    if taken < len(steps) and steps[taken].op_type == "Add" and sole_use(cur, steps[taken]):
-        other = [v for v in steps[taken].inputs if v is not cur]
-        if (len(other) == 1 and constant_value(other[0]) is None and f32(other[0])
-                and shape(other[0]) == shape(y)):
-            res, cur, taken = other[0], steps[taken].outputs[0], taken + 1
-    if taken < len(steps) and steps[taken].op_type == "Relu" and sole_use(cur, steps[taken]):
-        relu, cur, taken = True, steps[taken].outputs[0], taken + 1
-    if taken == 0 or not f32(cur) or shape(cur) != shape(y):
+    ep = match_epilogue(y, co, following, escaping, residual=True, clip=False)
+    if ep is None:
         return None
+    cur, taken, res, relu = ep.out, ep.taken, ep.residual, ep.lo is not None
+    bias = Const(ep.bias if ep.bias is not None else np.zeros(co, np.float32))
     base = _implicit_gemm(node, x, cur, np.asarray(wc, np.float32), bias, group, window, integer=False)
     xv, wt, ktab, _, yv, geometry, tile, splits = base[0].args
     epilogue = ("add" if res is not None else "") + ("_relu" if relu and res is not None else "relu" if relu else "")

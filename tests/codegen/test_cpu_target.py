@@ -303,3 +303,58 @@ def test_the_numba_cache_folder_follows_the_kernel_sources(tmp_path: Path) -> No
     vmath = copy / "cpu" / "vmath.py"
     vmath.write_text(vmath.read_text() + "\n# an edit\n")
     assert digest()[0] != before[0]
+
+
+# -- epilogues ----------------------------------------------------------------------------------
+
+
+def _conv_act_model(act: str, *, expose_conv: bool = False) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """x -> Conv(3x3, bias) -> act; with `expose_conv` the Conv's output is a graph output too."""
+    rng = np.random.default_rng(11)
+    w = helper.make_tensor("w", TensorProto.FLOAT, (12, 6, 3, 3), rng.standard_normal(12 * 6 * 9).astype(np.float32))
+    b = helper.make_tensor("b", TensorProto.FLOAT, (12,), rng.standard_normal(12).astype(np.float32))
+    inits = [w, b]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1])]
+    if act == "Relu":
+        nodes.append(helper.make_node("Relu", ["c"], ["y"]))
+    else:
+        inits += [helper.make_tensor("lo", TensorProto.FLOAT, (), [0.0]), helper.make_tensor("hi", TensorProto.FLOAT, (), [1.5])]
+        nodes.append(helper.make_node("Clip", ["c", "lo", "hi"], ["y"]))
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if expose_conv:
+        outs.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, None))
+    g = helper.make_graph(nodes, "conv_act", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, 6, 20, 30))],
+                          outs, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    x = rng.standard_normal((1, 6, 20, 30)).astype(np.float32)
+    return m, {"x": x}
+
+
+@pytest.mark.parametrize("act", ["Relu", "Clip"])
+def test_conv_bias_and_activation_are_applied_at_the_direct_convs_store(act: str) -> None:
+    """Conv + bias + Relu/Clip is one call of the direct kernel's epilogue entry (no elementwise
+    pass over the output), and it matches onnxruntime."""
+    m, feeds = _conv_act_model(act)
+    g = compiler.import_onnx(m)
+    program = lower(g, {"x": (1, 6, 20, 30)})
+    kernels = [c.kernel.name for c in program.calls if c.kernel is not None]
+    assert kernels == ["conv2d_direct_ep"], [c.note for c in program.calls]
+    assert program.calls[0].note == ("direct +bias relu" if act == "Relu" else "direct +bias clip")
+    ours = compiler.compile(g).run(feeds)["y"]
+    theirs = ort_run(m, feeds)[0]
+    assert rel_err(ours, theirs) < 1e-5
+    assert (ours >= 0).all() and (act == "Relu" or (ours <= 1.5).all())
+
+
+def test_a_conv_output_that_escapes_keeps_its_own_store() -> None:
+    """When the Conv's (biased) output is also a graph output, the epilogue stops there: the
+    Relu cannot replace it, and runs as an elementwise kernel after."""
+    m, feeds = _conv_act_model("Relu", expose_conv=True)
+    g = compiler.import_onnx(m)
+    program = lower(g, {"x": (1, 6, 20, 30)})
+    assert [c.note for c in program.calls] == ["direct +bias", "Relu"]
+    out = compiler.compile(g).run(feeds)
+    theirs = ort_run(m, feeds)
+    assert rel_err(out["y"], theirs[0]) < 1e-5 and rel_err(out["c"], theirs[1]) < 1e-5
+    assert (out["c"] < 0).any()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from codegen.cpu import direct_conv as dc
 from codegen.cpu.kernels import conv2d
@@ -29,14 +31,25 @@ CASES = [
     (1, 2, 5, 2, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),  # 2x3 image
     (1, 16, 16, 20, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),  # parallel path (> PARALLEL_MIN MACs)
     (1, 8, 12, 21, 66, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1),  # parallel, stride 2
-    (1, 4, 8, 6, 72, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),  # 24-column tiles, no ragged end
-    (1, 3, 5, 5, 96, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1),  # 24-column tiles, stride 2
+    (1, 32, 8, 6, 72, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),  # 24-column tiles, no ragged end
+    (1, 32, 5, 5, 96, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1),  # 24-column tiles, stride 2
     (1, 3, 6, 4, 21, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),  # one masked 24-column tile (Wo = 21)
+    (1, 32, 5, 4, 55, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),  # 24, 24 and a shifted 8-column tail over 2 blocks
+    (1, 32, 9, 5, 57, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),  # 24, 24 and a shifted 16-column tail
+    (1, 32, 3, 4, 45, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),  # 24 and a shifted 24-column tail, one block
+    (1, 4, 3, 6, 7, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),  # one masked 8-column tile, one channel block
+    (1, 32, 6, 5, 52, 1, 5, 1, 1, 0, 2, 0, 2, 1, 1),  # 1x5: 8-column tail without the kw=3 unroll
+    (1, 32, 7, 9, 38, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1),  # stride 2, Wo = 19: masked 24-column tile
+    (1, 3, 16, 30, 60, 7, 7, 2, 2, 3, 3, 3, 3, 1, 1),  # 7x7 stride 2 (ResNet's stem), parallel
 ]
 
 
-def test_tile_width_takes_the_wide_tile_where_it_wastes_little() -> None:
-    assert [dc.tile_width(wo) for wo in (8, 13, 16, 21, 27, 48, 55, 80, 160)] == [16, 16, 16, 24, 16, 24, 24, 16, 24]
+def test_tile_width_takes_the_wide_tile_where_it_finishes_the_row_sooner() -> None:
+    wos = (8, 13, 16, 21, 27, 48, 55, 80, 160)
+    # 16 input channels: the wide tile is no faster per column, so only where it wastes less
+    assert [dc.tile_width(wo, 16) for wo in wos] == [16, 16, 16, 24, 16, 16, 16, 16, 16]
+    # 64: 0.94 of the time per column; 55 = 24 + 24 + an 8-column tail (56 columns, not 72)
+    assert [dc.tile_width(wo, 64) for wo in wos] == [16, 16, 16, 24, 16, 24, 24, 24, 24]
 
 
 def _out(h: int, k: int, s: int, p0: int, p1: int, d: int) -> int:
@@ -132,5 +145,59 @@ def test_detects_a_wrong_weight() -> None:
 def test_worth_it_rule() -> None:
     assert dc.worth_it(16, 16, 3, 3, 1, 80, 80) is True
     assert dc.worth_it(8, 16, 3, 3, 2, 80, 80) is True
-    assert not dc.worth_it(32, 64, 3, 3, 2, 40, 40)  # stride 2, many output channels: sgemm wins
+    assert dc.worth_it(3, 64, 7, 7, 2, 112, 112) is True  # ResNet's stem
+    assert not dc.worth_it(512, 512, 3, 3, 2, 7, 7)  # under 10x10: too few rows, im2col is cheap
     assert not dc.worth_it(32, 32, 1, 1, 1, 80, 80)  # 1x1: a plain gemm wins
+    assert not dc.worth_it(8, 8, 3, 3, 3, 40, 40)  # stride 3: not measured, im2col
+
+
+@pytest.mark.parametrize("clamp", [(-np.inf, np.inf), (0.0, np.inf), (0.0, 6.0), (-1.0, 0.5)],
+                         ids=["none", "relu", "relu6", "clip"])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
+def test_epilogue_has_the_bits_of_the_unfused_add_and_clamp(clamp: tuple[float, float], with_bias: bool) -> None:
+    """conv2d_direct_ep = np.minimum(np.maximum(conv + bias, lo), hi) in float32, bit for bit
+    (what the elementwise kernel computes after an unfused conv), NaN kept, -0 kept by max."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 8, 14, 27)).astype(np.float32)
+    x[0, 2, 5, 7] = np.nan  # reaches 9 outputs per channel
+    w = rng.standard_normal((10, 8, 3, 3)).astype(np.float32)
+    geo = (3, 3, 1, 1, 1, 1, 1, 1)
+    plain = np.empty((1, 10, 14, 27), np.float32)
+    dc.conv2d_direct(x, dc.pack(w), plain, *geo)
+    bias = rng.standard_normal(10).astype(np.float32) if with_bias else np.zeros(0, np.float32)
+    lo, hi = np.float32(clamp[0]), np.float32(clamp[1])
+    expect = plain + bias.reshape(10, 1, 1) if with_bias else plain.copy()
+    expect = np.minimum(np.maximum(expect, lo), hi)
+    y = np.full_like(plain, -7.0)
+    dc.conv2d_direct_ep(x, dc.pack(w), bias, np.array([lo, hi], np.float32), y, *geo)
+    assert np.isnan(y).sum() == np.isnan(expect).sum() == 90
+    np.testing.assert_array_equal(y.view(np.uint32), expect.view(np.uint32))
+
+
+def test_epilogue_rejects_a_bias_of_the_wrong_length() -> None:
+    x = np.zeros((1, 2, 12, 12), np.float32)
+    w = np.zeros((4, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="bias"):
+        dc.conv2d_direct_ep(x, dc.pack(w), np.zeros(3, np.float32), np.zeros(2, np.float32),
+                            np.empty((1, 4, 12, 12), np.float32), 3, 3, 1, 1, 1, 1, 1, 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ho=st.integers(1, 240), ncb=st.integers(1, 128), threads=st.integers(1, 16), cin=st.integers(1, 512),
+       wo=st.integers(1, 240))
+def test_partition_covers_the_layer_within_the_buffer_bound(ho: int, ncb: int, threads: int, cin: int,
+                                                            wo: int) -> None:
+    """Work items tile every (row, channel block) once, and copy at most BUFFER_MAX bytes of
+    input rows unless they hold a single output row."""
+    row_bytes = 4 * cin * (wo + 26)
+    pr, pc = dc._partition(1, ho, ncb, threads, dc.CB * wo * cin * 9, 64 * cin * (wo + 26), 1, 3, row_bytes)
+    assert 1 <= pr <= ho and 1 <= pc <= ncb
+    assert pr == 1 or (pr + 2) * row_bytes <= dc.BUFFER_MAX
+
+
+def test_partition_balances_small_images_on_two_threads() -> None:
+    """13 rows x 64 channel blocks (SqueezeNet's last 3x3s): an even number of equal items, where
+    blocks of rows alone gave one thread 8 rows and the other 5."""
+    pr, pc = dc._partition(1, 13, 64, 2, dc.CB * 13 * 64 * 9, 64 * 64 * 19, 1, 3, 4 * 64 * 19)
+    items = -(-13 // pr) * -(-64 // pc)
+    assert items % 2 == 0 and 13 % pr == 0 and 64 % pc == 0
