@@ -231,6 +231,16 @@ def _fill(xf, src, w, sw, pw, plane, qlo, qhi, buf, d):  # pragma: no cover - ji
         d += plane
 
 
+@njit(inline="always")
+def _fma_row(a, b, c, w, u, v, z, wide):  # pragma: no cover - jitted
+    """One output channel's accumulators of a tile (2 or 3 vectors) += w * the tap's columns."""
+    a = _vfma(a, w, u)
+    b = _vfma(b, w, v)
+    if wide:
+        c = _vfma(c, w, z)
+    return a, b, c
+
+
 def _make_tile(wide: bool, kw3: bool) -> Callable[..., None]:
     """The CB x 16-column register tile over a filled row buffer (`_fill`): 8 accumulators
     (8 independent fma chains), per tap 2 vector loads, CB broadcasts, 8 fmas. Tap j of a row
@@ -261,26 +271,10 @@ def _make_tile(wide: bool, kw3: bool) -> Callable[..., None]:
                         v = _vld1(buf, xo + 8, 1)
                         z = _vld1(buf, xo + 16, 1) if wide else u
                         # each weight's fmas together: a broadcast dies at once (16 ymm registers)
-                        w0 = _sld(wpf, wc)
-                        a0 = _vfma(a0, w0, u)
-                        b0 = _vfma(b0, w0, v)
-                        if wide:
-                            c0 = _vfma(c0, w0, z)
-                        w1 = _sld(wpf, wc + 1)
-                        a1 = _vfma(a1, w1, u)
-                        b1 = _vfma(b1, w1, v)
-                        if wide:
-                            c1 = _vfma(c1, w1, z)
-                        w2 = _sld(wpf, wc + 2)
-                        a2 = _vfma(a2, w2, u)
-                        b2 = _vfma(b2, w2, v)
-                        if wide:
-                            c2 = _vfma(c2, w2, z)
-                        w3 = _sld(wpf, wc + 3)
-                        a3 = _vfma(a3, w3, u)
-                        b3 = _vfma(b3, w3, v)
-                        if wide:
-                            c3 = _vfma(c3, w3, z)
+                        a0, b0, c0 = _fma_row(a0, b0, c0, _sld(wpf, wc), u, v, z, wide)
+                        a1, b1, c1 = _fma_row(a1, b1, c1, _sld(wpf, wc + 1), u, v, z, wide)
+                        a2, b2, c2 = _fma_row(a2, b2, c2, _sld(wpf, wc + 2), u, v, z, wide)
+                        a3, b3, c3 = _fma_row(a3, b3, c3, _sld(wpf, wc + 3), u, v, z, wide)
                         wc += CB
                     xr += rstep
             _store(yf, yt, a0, b0, c0, n, width, ep, co, lo, hi)
