@@ -1,8 +1,8 @@
-"""Direct float32 NCHW convolution for small channel counts: no im2col, ow-vectorised register tiles.
+"""Direct float32 NCHW convolution: no im2col, ow-vectorised register tiles.
 
-Why: im2col + sgemm writes Cin*kh*kw*Ho*Wo floats, sgemm packs them again, and with Cout <= 32
-the 6x16 sgemm tile is mostly idle; the stems and small layers of detectors and mobile models
-(Cin, Cout of 3..32, 3x3 kernels, stride 1 or 2) ran at a fraction of the machine's FMA rate.
+Why: im2col + sgemm writes Cin*kh*kw*Ho*Wo floats, sgemm packs them again, and with few output
+channels the 6x16 sgemm tile is mostly idle; 3x3-class layers (stride 1 or 2, and 7x7 stems) ran
+at a fraction of the machine's FMA rate (`worth_it` has the measurements).
 
 Bits: every output is the same float32 fma chain as the im2col + sgemm path,
 
@@ -10,19 +10,18 @@ Bits: every output is the same float32 fma chain as the im2col + sgemm path,
 
 so both paths give the same values. Taps whose input row is outside the image are skipped
 (im2col adds fma(w, 0, acc) there, which changes at most the sign of an exact zero); taps outside
-the image columns are loaded as 0 by masked loads, exactly as im2col does.
+the image columns read the zero padding of the row buffer, exactly as im2col does.
 
-Kernel: per output row, the input rows it reads (Cin x kh) are copied once into a zero-padded
-row buffer, split into `sw` column phases for stride sw (stride 2: even and odd columns, by a
-vector shuffle), so every tap of every tile is a contiguous, unmasked load of the tile's width
-and the padding taps read 0 exactly as im2col does. A register tile holds CB = 4 output channels
-x 16 columns (2 ymm vectors: 8 independent fma chains) across the whole (c, i, j) loop; per tap
-it does 2 vector loads, CB weight broadcasts from the packed layout of `pack` and 8
-`llvm.fma.v8f32`. Rows that fill them get 24-column tiles instead (3 vectors, 12 chains, 10-14%
-faster; `tile_width`). Rows narrower than a tile use masked stores; for wider ones the last tile
-is shifted left to end at Wo (a column computed twice gets the same bits). All channel blocks
-of a row run over the same buffer. Work items are blocks of output rows (one per thread), under
-`prange` unless the layer is below `PARALLEL_MIN` MACs.
+Kernel: a work item (`_partition`: a block of output rows x a group of channel blocks) copies the
+input rows it reads once into a zero-padded buffer, split into `sw` column phases for stride sw
+(stride 2: even and odd columns, by a vector shuffle), so every tap of every tile is a contiguous,
+unmasked load of the tile's width. A register tile holds CB = 4 output channels x 16 or 24 columns
+(8 or 12 independent fma chains, `tile_width`) across the whole (c, i, j) loop: per tap 2-3 vector
+loads, CB weight broadcasts from the packed layout of `pack` and 8-12 `llvm.fma.v8f32`. A row's
+last columns take the narrowest tile that covers them, shifted left to end at Wo (a column
+computed twice gets the same bits): an 8-column tile over two channel blocks where 1-8 remain.
+Rows narrower than a tile use masked stores. The store applies the epilogue (`_vep`: bias, then
+Relu/Clip). Work items run under `prange` unless the layer is below `PARALLEL_MIN` MACs.
 """
 
 from __future__ import annotations
